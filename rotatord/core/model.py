@@ -1,0 +1,207 @@
+"""Frozen data model: the parsed configuration and what we know about certificates.
+
+Rules: plain frozen dataclasses and enums only; no I/O, no clock, no library objects (no josepy,
+no acme). Datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+
+
+class KeyType(enum.Enum):
+    """Private key algorithms rotatord generates. Values are the config spellings."""
+
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+
+
+class Trigger(enum.Enum):
+    """Why a rotation ran; recorded on every audit event."""
+
+    SCHEDULE = "schedule"
+    STARTUP = "startup"
+    MANUAL = "manual"
+    CONFIG_CHANGE = "config_change"
+    ARI = "ari"
+
+
+# --------------------------------------------------------------------------- daemon and accounts
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    state_dir: Path = Path("/var/lib/rotatord")
+    audit_log: Path = Path("/var/log/rotatord/audit.jsonl")
+    control_socket: Path = Path("/run/rotatord/control.sock")
+    control_socket_group: str | None = None
+    control_allowed_uids: tuple[int, ...] = (0,)
+    keep_versions: int = 5
+    max_concurrent: int = 4
+    log_format: str = "auto"  # auto | json | console
+
+
+@dataclass(frozen=True)
+class EabSpec:
+    """External Account Binding: the HMAC key is read from a file so it never sits in config."""
+
+    kid: str
+    hmac_key_file: Path
+
+
+@dataclass(frozen=True)
+class AcmeSpec:
+    name: str
+    directory: str
+    contact: tuple[str, ...] = ()
+    ca_bundle: Path | None = None
+    eab: EabSpec | None = None
+    timeout_seconds: float = 30.0
+    order_deadline_seconds: float = 120.0
+
+
+# --------------------------------------------------------------------------- challenges
+
+
+@dataclass(frozen=True)
+class Http01Standalone:
+    """Answer HTTP-01 from our own listener on ``host:port``."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - port 80 on all interfaces is what HTTP-01 needs in production
+    port: int = 80
+
+
+@dataclass(frozen=True)
+class Http01Webroot:
+    """Write the token under ``<webroot>/.well-known/acme-challenge/`` for an existing server."""
+
+    webroot: Path
+
+
+Challenge = Http01Standalone | Http01Webroot
+
+
+# --------------------------------------------------------------------------- reload actions
+
+
+@dataclass(frozen=True)
+class CommandReload:
+    """Run ``argv`` (never through a shell)."""
+
+    argv: tuple[str, ...]
+    timeout_seconds: float = 30.0
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class SignalReload:
+    """Send ``signal`` to the process whose pid is in ``pid_file``."""
+
+    pid_file: Path
+    signal: signal.Signals = signal.SIGHUP
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class SystemdReload:
+    """``systemctl reload UNIT``."""
+
+    unit: str
+    timeout_seconds: float = 60.0
+
+
+ReloadAction = CommandReload | SignalReload | SystemdReload
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class OutputFormat(enum.Enum):
+    FULLCHAIN = "fullchain"  # leaf + chain, PEM
+    CERT = "cert"  # leaf only, PEM
+    CHAIN = "chain"  # intermediates, PEM
+    KEY = "key"  # private key, PEM
+    COMBINED = "combined"  # key + leaf + chain in one PEM (HAProxy)
+    DER = "der"  # leaf, DER
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A file rendered from the current version for a consumer that cannot read ``current/``."""
+
+    path: Path
+    format: OutputFormat
+    mode: int = 0o600
+    owner: str | None = None
+    group: str | None = None
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    domains: tuple[str, ...]
+    account: str
+    challenge: Challenge
+    key_type: KeyType = KeyType.ECDSA_P256
+    reuse_key: bool = False
+    renew_before: timedelta | None = None  # override: renew when this much lifetime remains
+    reload: tuple[ReloadAction, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    key_group: str | None = None  # when set, privkey.pem is 0640 with this group
+    keep_versions: int | None = None  # None: the daemon default
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    daemon: DaemonSpec
+    acme: Mapping[str, AcmeSpec]
+    services: Mapping[str, ServiceSpec]
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What the policy needs to know about an installed certificate."""
+
+    serial: int
+    names: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    key_type: KeyType | None = None
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.not_after - self.not_before
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.serial, "x")
+
+
+@dataclass(frozen=True)
+class IssuedMeta:
+    """What a version was issued for; stored as meta.json so config changes are detected."""
+
+    names: tuple[str, ...]
+    key_type: KeyType
+    account: str
+    directory: str
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime

@@ -1,0 +1,1 @@
+"""Deployment adapters: reload actions, per-consumer outputs, live TLS probes."""

@@ -1,0 +1,40 @@
+"""Issuing adapter: everything that speaks ACME. ``acme``, ``josepy`` and ``requests`` are
+imported here and nowhere else; no josepy object leaves this package."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rotatord.core.model import Challenge
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """What the CA returned: the leaf and the chain that follows it, as PEM."""
+
+    cert_pem: bytes
+    chain_pem: bytes
+    order_url: str | None = None
+
+
+class Issuer(Protocol):
+    """Obtains certificates from one CA account.
+
+    Contract:
+    - ``issue`` returns a certificate for exactly the CSR's names, or raises ``IssuanceError``
+      (never a library exception) with ``retryable``, ``problem_type`` and ``retry_after`` filled
+      in as far as the CA said.
+    - challenge resources (listeners, webroot files) are removed on every path, success or not.
+    - it is safe to call from several threads at once.
+    - it never logs the account key, EAB secret or any private key.
+    """
+
+    directory_url: str
+
+    def issue(
+        self, csr_pem: bytes, names: Sequence[str], challenge: Challenge
+    ) -> IssuedCertificate: ...
+
+    def revoke(self, cert_pem: bytes, reason: int) -> None: ...

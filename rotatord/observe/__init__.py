@@ -1,0 +1,1 @@
+"""Observation adapters: logging setup, the audit log, metrics."""
