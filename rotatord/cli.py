@@ -60,9 +60,7 @@ def _print_problems(exc: ConfigError) -> None:
 
 
 def cmd_check_config(config: Config) -> int:
-    print(
-        f"{config.source}: OK ({len(config.services)} services, {len(config.acme)} accounts)"
-    )
+    print(f"{config.source}: OK ({len(config.services)} services, {len(config.acme)} accounts)")
     return EXIT_OK
 
 
@@ -88,7 +86,10 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
     failed = 0
     for res in results:
         if res.outcome == "rotated":
-            print(f"{res.service}: rotated {res.old_serial or '-'} -> {res.new_serial} ({res.version})")
+            print(
+                f"{res.service}: rotated {res.old_serial or '-'} -> {res.new_serial} "
+                f"({res.version})"
+            )
         elif res.outcome == "not_due":
             print(f"{res.service}: not due ({res.reason}); use --force to rotate anyway")
         else:
@@ -107,10 +108,13 @@ def _fmt_status(doc: dict[str, Any]) -> str:
     else:
         lines.append("  no certificate installed")
     nxt = doc["next_action"]
-    lines.append(f"  renewal     {'due now' if doc['due_now'] else 'at ' + nxt['at']} ({nxt['why']})")
-    lines.append(f"  last result {doc.get('last_result') or '-'}" + (
-        f" ({doc['failures']} failures: {doc['last_error']})" if doc.get("failures") else ""
-    ))
+    lines.append(
+        f"  renewal     {'due now' if doc['due_now'] else 'at ' + nxt['at']} ({nxt['why']})"
+    )
+    lines.append(
+        f"  last result {doc.get('last_result') or '-'}"
+        + (f" ({doc['failures']} failures: {doc['last_error']})" if doc.get("failures") else "")
+    )
     return "\n".join(lines)
 
 
@@ -137,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_USAGE
-    configure_logging(config.daemon.log_format, stream=sys.stderr if args.command == "status" else None)
+    configure_logging(
+        config.daemon.log_format, stream=sys.stderr if args.command == "status" else None
+    )
     try:
         if args.command == "check-config":
             return cmd_check_config(config)

@@ -118,7 +118,7 @@ def write_new_file(
 
 
 def refuse_symlink(path: Path) -> None:
-    """Raise StoreError if ``path`` exists as a symlink (a planted link we must not write through)."""
+    """Raise StoreError if ``path`` is a symlink or hard-linked file we must not write through."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -81,7 +81,9 @@ def service_store(config: Config, spec: ServiceSpec, ops: FsOps = DEFAULT_OPS) -
         try:
             key_gid = grp.getgrnam(spec.key_group).gr_gid
         except KeyError as exc:
-            raise StoreError(f"services.{spec.name}.key_group: no group {spec.key_group!r}") from exc
+            raise StoreError(
+                f"services.{spec.name}.key_group: no group {spec.key_group!r}"
+            ) from exc
         key_mode = 0o640
     return ServiceStore(
         config.daemon.state_dir, spec.name, ops=ops, key_mode=key_mode, key_gid=key_gid
@@ -215,11 +217,18 @@ class Rotator:
         old_serial = ctx.old[2].serial_hex if ctx.old else None
         if not force and not decision.due:
             log.info(
-                "rotation_not_due", service=spec.name, renew_at=decision.at.isoformat(),
+                "rotation_not_due",
+                service=spec.name,
+                renew_at=decision.at.isoformat(),
                 reason=decision.reason,
             )
             return RotationResult(
-                spec.name, rotation_id, "not_due", decision.reason, old_serial, old_serial,
+                spec.name,
+                rotation_id,
+                "not_due",
+                decision.reason,
+                old_serial,
+                old_serial,
                 ctx.old[0].name if ctx.old else None,
             )
         ctx.reason = "forced" if force and not decision.due else decision.reason
@@ -274,7 +283,9 @@ class Rotator:
                 key_fingerprint=fingerprint,
             )
             if ctx.old is not None:
-                audit.emit("certificate_superseded", serial=ctx.old[2].serial_hex, version=ctx.old[0].name)
+                audit.emit(
+                    "certificate_superseded", serial=ctx.old[2].serial_hex, version=ctx.old[0].name
+                )
             outcome = "rotated"
             error: RotatordError | None = None
             try:
@@ -289,7 +300,14 @@ class Rotator:
             )
         if error is not None:
             return self._failed(
-                spec.name, rotation_id, audit, ctx.started, error, old_serial, ctx, store,
+                spec.name,
+                rotation_id,
+                audit,
+                ctx.started,
+                error,
+                old_serial,
+                ctx,
+                store,
                 outcome=outcome,
             )
         result = RotationResult(
@@ -367,7 +385,7 @@ class Rotator:
         if old_info.not_after <= self._clock.now():
             ctx.audit.emit(
                 "alarm",
-                problem="reload failed but the previous certificate has expired; keeping the new one",
+                problem="reload failed; previous certificate expired, so the new one stays",
                 serial=old_info.serial_hex,
             )
             return "failed"

@@ -157,9 +157,7 @@ class ServiceStore:
         """Hold the service's flock. Works across processes and across threads of one process
         (each call opens its own file description)."""
         self.ensure_layout()
-        fd = os.open(
-            self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))

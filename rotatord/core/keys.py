@@ -7,6 +7,7 @@ only as PEM bytes for the store; what may be logged is the public-key fingerprin
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -69,7 +70,7 @@ def load_private_key(pem: bytes) -> PrivateKey:
 
 
 def public_key_fingerprint(key: PrivateKey | x509.Certificate) -> str:
-    """SHA-256 of the SubjectPublicKeyInfo, hex. Safe to log: it identifies a key, reveals nothing."""
+    """SHA-256 of the SubjectPublicKeyInfo, hex: identifies a key, reveals nothing, safe to log."""
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -84,7 +85,9 @@ def make_csr(key: PrivateKey, names: Sequence[str]) -> bytes:
     """A PEM CSR carrying every name as a dNSName SAN (the CN, when it fits, is the first name)."""
     builder = x509.CertificateSigningRequestBuilder()
     if len(names[0]) <= 64:
-        builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        builder = builder.subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        )
     builder = builder.add_extension(
         x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
     )
@@ -143,7 +146,7 @@ def verify_bundle(
     leaf = chain[0]
     if not same_public_key(key, leaf):
         raise VerificationError("certificate public key does not match the private key")
-    for child, issuer in zip(chain, chain[1:], strict=False):
+    for child, issuer in itertools.pairwise(chain):
         try:
             child.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature) as exc:

@@ -8,6 +8,7 @@ output of which only a short tail is kept for the audit log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,10 @@ from rotatord.core.errors import ReloadError
 from rotatord.core.model import CommandReload, ReloadAction, SignalReload, SystemdReload
 from rotatord.fsutil import read_file_nofollow
 
-BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+}
 TAIL = 2000
 
 
@@ -83,10 +87,8 @@ class SubprocessReloader:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             # Kill the whole group: a reload script's children must not outlive its timeout.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             out, err = proc.communicate()
             raise ReloadError(
                 f"{desc}: timed out after {timeout:g}s",

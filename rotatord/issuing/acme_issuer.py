@@ -27,13 +27,15 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import josepy as jose
 import requests
 from acme import challenges, errors, messages
 from acme.client import ClientNetwork, ClientV2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.json_util import field as jose_field
+from josepy.jwa import ES256
+from josepy.jwk import JWK, JWKEC
 
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
@@ -74,7 +76,7 @@ T = TypeVar("T")
 class NewOrderWithReplaces(messages.NewOrder):
     """acme 5.9's NewOrder lacks RFC 9773's ``replaces``."""
 
-    replaces: str = jose.field("replaces", omitempty=True)
+    replaces: str = jose_field("replaces", omitempty=True)
 
 
 def _parse_retry_after(value: str | None, now: datetime) -> datetime | None:
@@ -182,7 +184,7 @@ class AcmeIssuer:
         self._poll_schedule = tuple(poll_schedule)
         self._lock = threading.Lock()
         self._directory: messages.Directory | None = None
-        self._key: jose.JWKEC | None = None
+        self._key: JWKEC | None = None
         self._account_uri: str | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -191,8 +193,8 @@ class AcmeIssuer:
         verify: bool | str = str(self.spec.ca_bundle) if self.spec.ca_bundle else True
         net = _Network(
             key=self._account_key(),
-            alg=jose.ES256,
-            verify_ssl=verify,  # type: ignore[arg-type]  # requests accepts a bundle path here
+            alg=ES256,
+            verify_ssl=verify,  # a CA bundle path: requests passes it on as verify=
             user_agent=USER_AGENT,
             timeout=int(self.spec.timeout_seconds),
             clock=self._clock,
@@ -211,18 +213,18 @@ class AcmeIssuer:
                 self._directory = directory
         return ClientV2(directory, net)
 
-    def _account_key(self) -> jose.JWKEC:
+    def _account_key(self) -> JWKEC:
         with self._lock:
             if self._key is not None:
                 return self._key
             ensure_tree(self._account_dir, 0o700)
             path = self._account_dir / "key.json"
             try:
-                key = jose.JWK.json_loads(read_file_nofollow(path))
+                key = JWK.json_loads(read_file_nofollow(path))
             except FileNotFoundError:
-                key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+                key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
                 atomic_write(path, key.json_dumps().encode(), 0o600)
-            if not isinstance(key, jose.JWKEC):
+            if not isinstance(key, JWKEC):
                 raise IssuanceError(f"{path}: account key is not an EC key", retryable=False)
             self._key = key
             return key
@@ -263,9 +265,7 @@ class AcmeIssuer:
             uri = exc.location  # the key is already registered: that account is ours
         client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
         doc = {"uri": uri, "directory": self.spec.directory}
-        atomic_write(
-            self._account_dir / "regr.json", (json.dumps(doc) + "\n").encode(), 0o600
-        )
+        atomic_write(self._account_dir / "regr.json", (json.dumps(doc) + "\n").encode(), 0o600)
         with self._lock:
             self._account_uri = uri
         log.info("acme_account_registered", account=self.spec.name, uri=uri)
@@ -349,7 +349,9 @@ class AcmeIssuer:
         replaces: str | None,
     ) -> IssuedCertificate:
         deadline = self._clock.monotonic() + self.spec.order_deadline_seconds
-        order, order_url = self._with_account(client, lambda: self._new_order(client, names, replaces))
+        order, order_url = self._with_account(
+            client, lambda: self._new_order(client, names, replaces)
+        )
 
         pending: list[tuple[str, messages.ChallengeBody, challenges.ChallengeResponse]] = []
         tokens: dict[str, str] = {}
@@ -458,5 +460,3 @@ class AcmeIssuer:
 
 def account_dir(state_dir: Path, account: str) -> Path:
     return state_dir / "accounts" / account
-
-

@@ -178,7 +178,7 @@ def verify_chain(path: Path) -> ChainResult:
     prev = GENESIS
     n = 0
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):  # noqa: B007 - n is used after the loop
+        for n, raw in enumerate(fh, start=1):
             try:
                 record = json.loads(raw)
             except ValueError:

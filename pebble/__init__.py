@@ -1,0 +1,17 @@
+"""Run a private Pebble ACME test server on loopback for tests, benchmarks and manual checks."""
+
+from pebble.runner import (
+    PebbleFactory,
+    PebbleOptions,
+    PebbleServer,
+    PebbleUnavailable,
+    pebble_available,
+)
+
+__all__ = [
+    "PebbleFactory",
+    "PebbleOptions",
+    "PebbleServer",
+    "PebbleUnavailable",
+    "pebble_available",
+]
