@@ -428,6 +428,30 @@ class PebbleServer:
         self._stop_pebble()
         raise RuntimeError(self._startup_error(failure, START_ATTEMPTS, action="restart"))
 
+    def pause(self) -> None:
+        """Stop Pebble only, keeping its ports reserved for :meth:`resume` (the CA looks down)."""
+        if self._ports is None:
+            raise RuntimeError("PebbleServer is not running")
+        self._stop_pebble()
+
+    def resume(self) -> None:
+        """Start Pebble again after :meth:`pause`, on the same ports, with a new CA.
+
+        :raises RuntimeError: never started, or Pebble did not come back (quotes its log).
+        """
+        if self._ports is None:
+            raise RuntimeError("PebbleServer is not running")
+        pebble_bin = _require_binary(PEBBLE_BINARY)
+        failure = ""
+        for _attempt in range(START_ATTEMPTS):
+            self._stop_pebble()
+            self._start_pebble(pebble_bin)
+            failure = self._wait_ready(check_challtestsrv=False)
+            if not failure:
+                return
+        self._stop_pebble()
+        raise RuntimeError(self._startup_error(failure, START_ATTEMPTS, action="resume"))
+
     @property
     def running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""

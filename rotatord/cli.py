@@ -18,11 +18,13 @@ from typing import Any
 
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
-from rotatord.core.errors import ConfigError, RotatordError, UnknownServiceError
+from rotatord.core.errors import ConfigError, ControlError, RotatordError
 from rotatord.core.model import Config, Trigger
-from rotatord.daemon import build_rotator
+from rotatord.daemon import Daemon, build_rotator
+from rotatord.observe.audit import verify_chain
 from rotatord.observe.logging import configure_logging
 from rotatord.rotation import RotationResult, recover_service, service_status
+from rotatord.runtime import control
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_CONFIG = "/etc/rotatord/rotatord.toml"
@@ -43,9 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("services", nargs="*", metavar="SERVICE")
     r.add_argument("--all", action="store_true", help="every configured service")
     r.add_argument("--force", action="store_true", help="rotate even if not due")
+    r.add_argument(
+        "--local",
+        action="store_true",
+        help="rotate in this process even if a daemon runs (it still takes the service lock)",
+    )
     s = sub.add_parser("status", help="show each service's certificate and renewal state")
     s.add_argument("services", nargs="*", metavar="SERVICE")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    sub.add_parser("reload", help="ask the running daemon to re-read its config")
+    a = sub.add_parser("audit", help="audit log tools")
+    a_sub = a.add_subparsers(dest="audit_command", required=True)
+    v = a_sub.add_parser("verify", help="check the audit log's hash chain")
+    v.add_argument("file", nargs="?", type=Path, help="audit file (default: from config)")
     return p
 
 
@@ -64,6 +77,32 @@ def cmd_check_config(config: Config) -> int:
     return EXIT_OK
 
 
+def _daemon_request(config: Config, message: dict[str, Any]) -> dict[str, Any] | None:
+    """The daemon's reply, or None when no daemon listens on the configured socket."""
+    try:
+        return control.request(config.daemon.control_socket, message)
+    except ControlError as exc:
+        if "no daemon is listening" in str(exc):
+            return None
+        raise
+
+
+def _print_results(results: list[dict[str, Any]]) -> int:
+    failed = 0
+    for res in results:
+        if res["outcome"] == "rotated":
+            print(
+                f"{res['service']}: rotated {res.get('old_serial') or '-'} -> "
+                f"{res.get('new_serial')} ({res.get('version')})"
+            )
+        elif res["outcome"] == "not_due":
+            print(f"{res['service']}: not due ({res.get('reason')}); use --force to rotate anyway")
+        else:
+            failed += 1
+            print(f"{res['service']}: {res['outcome']}: {res.get('error')}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
     names: list[str] = list(config.services) if args.all else list(args.services)
     if not names:
@@ -73,6 +112,23 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
         if n not in config.services:
             print(f"rotate: unknown service {n!r} (not in {config.source})", file=sys.stderr)
             return EXIT_USAGE
+    if not args.local:
+        results: list[dict[str, Any]] = []
+        for n in names:
+            reply = _daemon_request(config, {"verb": "rotate", "service": n, "force": args.force})
+            if reply is None:
+                break
+            if "results" not in reply:
+                print(f"rotate: daemon refused: {reply.get('error')}", file=sys.stderr)
+                return EXIT_FAILED
+            results.extend(reply["results"])
+        else:
+            print(f"# done by the running daemon ({config.daemon.control_socket})")
+            return _print_results(results)
+        print(
+            f"# no daemon listening on {config.daemon.control_socket}; rotating in this process",
+            file=sys.stderr,
+        )
     rotator = build_rotator(config)
     for n in names:
         recover_service(rotator, n, rotator.audit)
@@ -82,20 +138,21 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
 
     workers = max(1, min(config.daemon.max_concurrent, len(names)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
-        results = list(pool.map(one, names))
-    failed = 0
-    for res in results:
-        if res.outcome == "rotated":
-            print(
-                f"{res.service}: rotated {res.old_serial or '-'} -> {res.new_serial} "
-                f"({res.version})"
-            )
-        elif res.outcome == "not_due":
-            print(f"{res.service}: not due ({res.reason}); use --force to rotate anyway")
-        else:
-            failed += 1
-            print(f"{res.service}: {res.outcome}: {res.error}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+        local_results = list(pool.map(one, names))
+    return _print_results(
+        [
+            {
+                "service": r.service,
+                "outcome": r.outcome,
+                "old_serial": r.old_serial,
+                "new_serial": r.new_serial,
+                "version": r.version,
+                "reason": r.reason,
+                "error": r.error,
+            }
+            for r in local_results
+        ]
+    )
 
 
 def _fmt_status(doc: dict[str, Any]) -> str:
@@ -120,22 +177,69 @@ def _fmt_status(doc: dict[str, Any]) -> str:
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     names = list(args.services) or list(config.services)
-    rotator = build_rotator(config)
-    now: datetime = SystemClock().now()
-    try:
+    for n in names:
+        if n not in config.services:
+            print(f"status: unknown service {n!r} (not in {config.source})", file=sys.stderr)
+            return EXIT_USAGE
+    reply = _daemon_request(config, {"verb": "status", "services": names})
+    if reply is not None and reply.get("ok"):
+        docs = reply["services"]
+        source = "daemon"
+    else:
+        if reply is not None:
+            print(f"status: daemon refused: {reply.get('error')}", file=sys.stderr)
+        rotator = build_rotator(config)
+        now: datetime = SystemClock().now()
         docs = [service_status(rotator, n, now) for n in names]
-    except UnknownServiceError as exc:
-        print(f"status: {exc} (not in {config.source})", file=sys.stderr)
-        return EXIT_USAGE
+        source = "files (no daemon running)"
+    if not args.json:
+        print(f"# from {source}")
     if args.json:
-        print(json.dumps({"services": docs}, indent=2))
+        print(json.dumps({"source": source, "services": docs}, indent=2))
     else:
         print("\n".join(_fmt_status(d) for d in docs))
     return EXIT_OK
 
 
+def cmd_reload(config: Config) -> int:
+    try:
+        reply = _daemon_request(config, {"verb": "reload-config"})
+    except ControlError as exc:
+        print(f"reload: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if reply is None:
+        print(f"reload: no daemon listening on {config.daemon.control_socket}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if reply.get("ok"):
+        print(
+            f"reloaded: added {reply.get('added')}, removed {reply.get('removed')}, "
+            f"changed {reply.get('changed')}"
+        )
+        return EXIT_OK
+    for problem in reply.get("problems") or [reply.get("error")]:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE if reply.get("problems") else EXIT_FAILED
+
+
+def cmd_audit_verify(path: Path) -> int:
+    try:
+        result = verify_chain(path)
+    except OSError as exc:
+        print(f"audit verify: {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if result.ok:
+        print(f"{path}: OK, {result.records} records, hash chain intact")
+        return EXIT_OK
+    print(f"{path}:{result.first_bad_line}: {result.reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return Daemon(args.config).run()
+    if args.command == "audit" and args.file is not None:
+        return cmd_audit_verify(args.file)
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -151,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_rotate(config, args)
         if args.command == "status":
             return cmd_status(config, args)
+        if args.command == "reload":
+            return cmd_reload(config)
+        if args.command == "audit":
+            return cmd_audit_verify(config.daemon.audit_log)
+    except ControlError as exc:
+        print(f"rotatord: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except RotatordError as exc:
         print(f"rotatord: {exc}", file=sys.stderr)
         return EXIT_FAILED

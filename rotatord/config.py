@@ -74,6 +74,7 @@ SAFE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 MAX_TIMEOUT_SECONDS: Final = 3600.0
 MAX_ORDER_DEADLINE_SECONDS: Final = 86400.0
 MAX_RENEW_BEFORE: Final = timedelta(days=365)
+MAX_LADDER_STEPS: Final = 16
 MAX_KEEP_VERSIONS: Final = 1000
 MAX_CONCURRENT: Final = 64
 MAX_DOMAINS: Final = 100  # Let's Encrypt's limit on names per certificate
@@ -101,6 +102,7 @@ _DAEMON_KEYS: Final = (
     "keep_versions",
     "max_concurrent",
     "log_format",
+    "retry_ladder",
 )
 _ACME_KEYS: Final = ("directory", "contact", "ca_bundle", "timeout", "order_deadline", "eab")
 _EAB_KEYS: Final = ("kid", "hmac_key_file")
@@ -221,7 +223,11 @@ class _Ctx:
         self.problems.append(Problem(self.file, path, message))
 
     def resolve(self, raw: str) -> Path:
-        """Resolve ``raw`` against the config file's directory; normalise ``.``/``..``."""
+        """Resolve ``raw`` against the config file's directory; normalise ``.``/``..``.
+
+        Lexically, not with ``Path.resolve()``: no filesystem lookup happens here, and a symlink
+        in the path stays the operator's choice rather than being frozen at load time.
+        """
         return Path(os.path.normpath(self.base / raw))
 
 
@@ -511,6 +517,7 @@ def _daemon(ctx: _Ctx, raw: object) -> DaemonSpec:
     group = _group(ctx, table, "control_socket_group", path)
     keep = _int(ctx, table, "keep_versions", path, 2, MAX_KEEP_VERSIONS)
     concurrent = _int(ctx, table, "max_concurrent", path, 1, MAX_CONCURRENT)
+    ladder = _retry_ladder(ctx, table, path)
     return DaemonSpec(
         state_dir=defaults.state_dir if state_dir is None else state_dir,
         audit_log=defaults.audit_log if audit_log is None else audit_log,
@@ -520,6 +527,7 @@ def _daemon(ctx: _Ctx, raw: object) -> DaemonSpec:
         keep_versions=defaults.keep_versions if keep is None else keep,
         max_concurrent=defaults.max_concurrent if concurrent is None else concurrent,
         log_format=log_format or defaults.log_format,
+        retry_ladder=defaults.retry_ladder if ladder is None else ladder,
     )
 
 
@@ -795,10 +803,32 @@ def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
     return tuple(names) if ok else None
 
 
+def _retry_ladder(
+    ctx: _Ctx, table: Mapping[str, Any], path: str
+) -> tuple[timedelta, ...] | None:
+    if "retry_ladder" not in table:
+        return None
+    where = _join(path, "retry_ladder")
+    value = table["retry_ladder"]
+    if not isinstance(value, list) or not value or len(value) > MAX_LADDER_STEPS:
+        ctx.add(
+            where,
+            f"expected a list of 1 to {MAX_LADDER_STEPS} durations like '1m', got {_kind(value)}",
+        )
+        return None
+    steps = [_duration_value(ctx, item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if any(step is None for step in steps):
+        return None
+    return tuple(step for step in steps if step is not None)
+
+
 def _renew_before(ctx: _Ctx, table: Mapping[str, Any], path: str) -> timedelta | None:
     if "renew_before" not in table:
         return None
-    value, where = table["renew_before"], _join(path, "renew_before")
+    return _duration_value(ctx, table["renew_before"], _join(path, "renew_before"))
+
+
+def _duration_value(ctx: _Ctx, value: object, where: str) -> timedelta | None:
     expected = "a duration like '90s', '30m', '12h' or '10d'"
     if not isinstance(value, str):
         ctx.add(where, f"expected {expected}, got {_kind(value)}")

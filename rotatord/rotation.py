@@ -165,7 +165,11 @@ class Rotator:
         return service_store(self.config, spec, self._ops)
 
     def decision(
-        self, spec: ServiceSpec, installed: tuple[Version, Bundle, CertInfo] | None, now: datetime
+        self,
+        spec: ServiceSpec,
+        installed: tuple[Version, Bundle, CertInfo] | None,
+        now: datetime,
+        ari_time: datetime | None = None,
     ) -> policy.Decision:
         config = self.config
         if installed is None:
@@ -173,7 +177,14 @@ class Rotator:
         _, bundle, info = installed
         directory = config.acme[spec.account].directory
         drift = policy.config_drift(bundle.meta, spec, directory)
-        return policy.decide(info, now, renew_before=spec.renew_before, drift=drift)
+        return policy.decide(
+            info,
+            now,
+            renew_before=spec.renew_before,
+            jitter=policy.jitter_for(spec.name, info.serial),
+            drift=drift,
+            ari_time=ari_time,
+        )
 
     # ------------------------------------------------------------------ the story
 
@@ -184,6 +195,7 @@ class Rotator:
         trigger: Trigger = Trigger.MANUAL,
         force: bool = False,
         uid: int | None = None,
+        ari_time: datetime | None = None,
         extra_context: Mapping[str, Any] | None = None,
     ) -> RotationResult:
         spec = self.spec(name)
@@ -203,17 +215,19 @@ class Rotator:
             store = self.store(spec)
             with store.lock():
                 ctx = _Ctx(spec=spec, audit=audit, store=store, started=started)
-                return self._rotate_locked(ctx, rotation_id, force)
+                return self._rotate_locked(ctx, rotation_id, force, ari_time)
         except (StoreError, AuditError) as exc:
             # Failed before or outside the pipeline's own handling (layout, lock, audit file).
             return self._failed(name, rotation_id, audit, started, exc, None, None)
 
-    def _rotate_locked(self, ctx: _Ctx, rotation_id: str, force: bool) -> RotationResult:
+    def _rotate_locked(
+        self, ctx: _Ctx, rotation_id: str, force: bool, ari_time: datetime | None
+    ) -> RotationResult:
         spec, audit, store = ctx.spec, ctx.audit, ctx.store
         now = self._clock.now()
         # Check again under the lock: another process may have rotated while we waited.
         ctx.old = read_installed(store)
-        decision = self.decision(spec, ctx.old, now)
+        decision = self.decision(spec, ctx.old, now, ari_time)
         old_serial = ctx.old[2].serial_hex if ctx.old else None
         if not force and not decision.due:
             log.info(
@@ -239,7 +253,8 @@ class Rotator:
             fingerprint = keys.public_key_fingerprint(key)
             audit.emit("csr_created", key_fingerprint=fingerprint, names=list(spec.domains))
             issuer = self._issuer_for(spec.account)
-            issued = issuer.issue(csr, spec.domains, spec.challenge)
+            replaces = self._replaces(ctx, issuer)
+            issued = issuer.issue(csr, spec.domains, spec.challenge, replaces=replaces)
             chain = keys.split_pem_chain(issued.cert_pem + issued.chain_pem)
             info = keys.cert_info(chain[0])
             ctx.new_serial = info.serial_hex
@@ -252,6 +267,7 @@ class Rotator:
                 key_fingerprint=fingerprint,
                 cert_fingerprint=keys.cert_fingerprint(chain[0]),
                 order_url=issued.order_url,
+                replaces=issued.replaces,
             )
             keys.verify_bundle(key, chain, spec.domains, self._clock.now())
             meta = IssuedMeta(
@@ -342,6 +358,18 @@ class Rotator:
             duration_ms=round(result.duration_ms, 1),
         )
         return result
+
+    def _replaces(self, ctx: _Ctx, issuer: Issuer) -> str | None:
+        """The ARI id of the certificate this order replaces, when the same CA advertises ARI."""
+        if ctx.old is None or ctx.old[1].meta.directory != issuer.directory_url:
+            return None
+        try:
+            if not issuer.ari_supported():
+                return None
+        except IssuanceError:
+            return None  # the order itself will report the CA being unreachable
+        leaf = keys.split_pem_chain(ctx.old[1].cert_pem)[0]
+        return keys.ari_cert_id(leaf)
 
     def _key(self, ctx: _Ctx) -> keys.PrivateKey:
         spec = ctx.spec
@@ -444,10 +472,18 @@ class Rotator:
                 failures = int(store.read_status().get("failures", 0)) + 1
             except (TypeError, ValueError):
                 failures = 1
-        next_at = policy.next_attempt(failures, now, not_after, retry_after)
+        next_at = policy.next_attempt(
+            failures, now, not_after, retry_after, self.config.daemon.retry_ladder
+        )
         duration = (self._clock.monotonic() - started) * 1000
         try:
-            audit.emit("rotation_failed", **fields, failures=failures)
+            audit.emit(
+                "rotation_failed",
+                **fields,
+                failures=failures,
+                attempt_at=now.isoformat(),
+                next_attempt=next_at.isoformat(),
+            )
             audit.emit(
                 "rotation_finished",
                 outcome=outcome,

@@ -376,11 +376,6 @@ class ServiceStore:
                     removed_temp.append(f"versions/{entry}")
         current = self.current_version()
         current_ok = current is not None and self.is_complete(current)
-        removed_incomplete: list[str] = []
-        for v in self.versions():
-            if (current is None or v.name != current.name) and not self.is_complete(v):
-                shutil.rmtree(v.path)
-                removed_incomplete.append(v.name)
         repointed: str | None = None
         if not current_ok:
             candidates = [v for v in self.versions() if self.is_complete(v)]
@@ -389,6 +384,14 @@ class ServiceStore:
                 self.activate(candidates[-1])
             elif os.path.lexists(self.current_link) and os.path.islink(self.current_link):
                 os.unlink(self.current_link)
+        # Only now remove broken versions: the one `current` pointed to may be among them, and
+        # it must go in this same pass or pruning would later protect it over a good version.
+        current = self.current_version()
+        removed_incomplete: list[str] = []
+        for v in self.versions():
+            if (current is None or v.name != current.name) and not self.is_complete(v):
+                shutil.rmtree(v.path)
+                removed_incomplete.append(v.name)
         if removed_temp or removed_incomplete or repointed:
             self._ops.fsync_dir(self.dir)
         final = self.current_version()

@@ -6,6 +6,7 @@ only as PEM bytes for the store; what may be logged is the public-key fingerprin
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 from collections.abc import Sequence
@@ -83,11 +84,10 @@ def cert_fingerprint(cert: x509.Certificate) -> str:
 
 def make_csr(key: PrivateKey, names: Sequence[str]) -> bytes:
     """A PEM CSR carrying every name as a dNSName SAN (the CN, when it fits, is the first name)."""
-    builder = x509.CertificateSigningRequestBuilder()
-    if len(names[0]) <= 64:
-        builder = builder.subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-        )
+    # CN is limited to 64 characters; a longer first name gets an empty subject (the SAN is
+    # what counts, and cryptography refuses a CSR without any subject).
+    cn = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= 64 else []
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(cn))
     builder = builder.add_extension(
         x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
     )
@@ -162,3 +162,24 @@ def verify_bundle(
             f"certificate is not valid now ({leaf.not_valid_before_utc.isoformat()} .. "
             f"{leaf.not_valid_after_utc.isoformat()})"
         )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def ari_cert_id(cert: x509.Certificate) -> str | None:
+    """RFC 9773 §4.1 certificate identifier: base64url(AKI keyIdentifier) "." base64url(serial
+    DER content octets). None when the certificate has no AKI key identifier."""
+    try:
+        aki = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
+    except x509.ExtensionNotFound:
+        return None
+    assert isinstance(aki, x509.AuthorityKeyIdentifier)
+    if aki.key_identifier is None:
+        return None
+    serial = cert.serial_number
+    # DER INTEGER content: big-endian two's complement, minimal length (so a leading 0x00 when
+    # the high bit is set).
+    serial_bytes = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
+    return f"{_b64url(aki.key_identifier)}.{_b64url(serial_bytes)}"

@@ -38,6 +38,14 @@ class Trigger(enum.Enum):
 # --------------------------------------------------------------------------- daemon and accounts
 
 
+DEFAULT_RETRY_LADDER: tuple[timedelta, ...] = (
+    timedelta(minutes=1),
+    timedelta(minutes=10),
+    timedelta(minutes=100),
+    timedelta(hours=6),
+)
+
+
 @dataclass(frozen=True)
 class DaemonSpec:
     state_dir: Path = Path("/var/lib/rotatord")
@@ -48,6 +56,7 @@ class DaemonSpec:
     keep_versions: int = 5
     max_concurrent: int = 4
     log_format: str = "auto"  # auto | json | console
+    retry_ladder: tuple[timedelta, ...] = DEFAULT_RETRY_LADDER
 
 
 @dataclass(frozen=True)

@@ -6,23 +6,22 @@ every function is a table- and property-testable fact about its arguments.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rotatord.core.model import CertInfo, IssuedMeta, ServiceSpec
+from rotatord.core.model import DEFAULT_RETRY_LADDER, CertInfo, IssuedMeta, ServiceSpec
 
 SHORT_LIFETIME = timedelta(days=10)
 # Jitter spreads renewals of many certificates over a slice of the renewal window so that a fleet
 # issued together does not hit the CA together. It only ever moves renewal *earlier*, which keeps
 # "once due, stays due" true.
 JITTER_FRACTION = 0.1
-RETRY_LADDER: tuple[timedelta, ...] = (
-    timedelta(minutes=1),
-    timedelta(minutes=10),
-    timedelta(minutes=100),
-    timedelta(hours=6),
-)
+RETRY_LADDER = DEFAULT_RETRY_LADDER
+ARI_MIN_RECHECK = timedelta(minutes=1)
+ARI_MAX_RECHECK = timedelta(days=1)
+ARI_ERROR_RECHECK = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,7 @@ def next_attempt(
     now: datetime,
     not_after: datetime | None,
     retry_after: datetime | None = None,
+    ladder: Sequence[timedelta] = RETRY_LADDER,
 ) -> datetime:
     """When to try again after ``failures`` consecutive failures (``failures >= 1``).
 
@@ -124,10 +124,32 @@ def next_attempt(
     """
     if failures < 1:
         raise ValueError("failures must be >= 1")
-    step = RETRY_LADDER[min(failures, len(RETRY_LADDER)) - 1]
+    step = ladder[min(failures, len(ladder)) - 1]
     at = now + step
     if retry_after is not None and retry_after > at:
         at = retry_after
     if not_after is not None and now < not_after and at >= not_after:
-        at = now + (not_after - now) / 2
+        at = max(now + (not_after - now) / 2, now + timedelta(microseconds=1))
     return at
+
+
+def jitter_for(service: str, serial: int) -> float:
+    """A stable jitter in [0, 1) per (service, certificate): restarts do not redraw it, and
+    services issued in the same second still spread out."""
+    digest = hashlib.sha256(f"{service}:{serial:x}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def ari_recheck(now: datetime, retry_after: datetime | None) -> datetime:
+    """When to ask the CA's renewalInfo again: its Retry-After clamped to [1 min, 1 day]."""
+    if retry_after is None:
+        return now + ARI_ERROR_RECHECK
+    delay = min(max(retry_after - now, ARI_MIN_RECHECK), ARI_MAX_RECHECK)
+    return now + delay
+
+
+def ari_pick(start: datetime, end: datetime, u: float) -> datetime:
+    """The moment inside the CA's window ``[start, end]`` given a uniform draw ``u`` in [0, 1)."""
+    if end <= start:
+        return start
+    return start + (end - start) * u

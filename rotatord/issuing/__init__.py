@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from rotatord.core.model import Challenge
@@ -17,6 +18,17 @@ class IssuedCertificate:
     cert_pem: bytes
     chain_pem: bytes
     order_url: str | None = None
+    replaces: str | None = None  # the ARI id the order carried, if the CA accepted it
+
+
+@dataclass(frozen=True)
+class RenewalInfo:
+    """A CA's suggested renewal window (RFC 9773), aware UTC."""
+
+    start: datetime
+    end: datetime
+    retry_after: datetime | None = None
+    explanation_url: str | None = None
 
 
 class Issuer(Protocol):
@@ -29,12 +41,26 @@ class Issuer(Protocol):
     - challenge resources (listeners, webroot files) are removed on every path, success or not.
     - it is safe to call from several threads at once.
     - it never logs the account key, EAB secret or any private key.
+
+    - ``replaces`` (an RFC 9773 certificate id) is sent on the new order; if the CA refuses it
+      (alreadyReplaced, or a rejection of the field) the order is retried once without it.
+    - ``renewal_info`` returns None when the CA does not advertise ARI, the window otherwise, and
+      raises ``IssuanceError`` when the CA advertises ARI but the query failed.
     """
 
     directory_url: str
 
     def issue(
-        self, csr_pem: bytes, names: Sequence[str], challenge: Challenge
+        self,
+        csr_pem: bytes,
+        names: Sequence[str],
+        challenge: Challenge,
+        *,
+        replaces: str | None = None,
     ) -> IssuedCertificate: ...
+
+    def ari_supported(self) -> bool: ...
+
+    def renewal_info(self, cert_id: str) -> RenewalInfo | None: ...
 
     def revoke(self, cert_pem: bytes, reason: int) -> None: ...

@@ -41,7 +41,7 @@ from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec, Challenge
 from rotatord.fsutil import atomic_write, ensure_tree, read_file_nofollow
-from rotatord.issuing import IssuedCertificate
+from rotatord.issuing import IssuedCertificate, RenewalInfo
 from rotatord.issuing.challenges.http01 import Http01Responder
 from rotatord.observe.logging import get_logger
 
@@ -258,6 +258,9 @@ class AcmeIssuer:
             terms_of_service_agreed=True,
             external_account_binding=eab,
         )
+        # newAccount must be signed with the JWK, not a kid: forget any account we thought we had
+        # (after a CA lost our account, the stale kid would be rejected as "No JWK in JWS header").
+        client.net.account = None
         try:
             regr = client.new_account(reg)
             uri = regr.uri
@@ -331,13 +334,70 @@ class AcmeIssuer:
 
     def _new_order(
         self, client: ClientV2, names: Sequence[str], replaces: str | None
-    ) -> tuple[messages.Order, str]:
+    ) -> tuple[messages.Order, str, str | None]:
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names]
-        order = NewOrderWithReplaces(identifiers=identifiers, replaces=replaces)
-        response = client.net.post(
-            client.directory["newOrder"], order, new_nonce_url=client.directory["newNonce"]
-        )
-        return messages.Order.from_json(response.json()), response.headers["Location"]
+
+        def post(rep: str | None) -> requests.Response:
+            order = NewOrderWithReplaces(identifiers=identifiers, replaces=rep)
+            return client.net.post(
+                client.directory["newOrder"], order, new_nonce_url=client.directory["newNonce"]
+            )
+
+        try:
+            response = post(replaces)
+        except messages.Error as exc:
+            # RFC 9773 §5: the CA may refuse `replaces` (the cert was already replaced, or the
+            # CA does not like the field). Renewing matters more than the hint: retry once bare.
+            if replaces is None or exc.code not in ("alreadyReplaced", "malformed"):
+                raise
+            log.warning(
+                "acme_replaces_refused", account=self.spec.name, problem=exc.typ, replaces=replaces
+            )
+            replaces = None
+            response = post(None)
+        return messages.Order.from_json(response.json()), response.headers["Location"], replaces
+
+    # ------------------------------------------------------------------ ARI (RFC 9773)
+
+    def ari_supported(self) -> bool:
+        net = self._network()
+        try:
+            client = self._client(net)
+        finally:
+            net.session.close()
+        return "renewalInfo" in client.directory.to_partial_json()
+
+    def renewal_info(self, cert_id: str) -> RenewalInfo | None:
+        net = self._network()
+        try:
+            client = self._client(net)
+            base = client.directory.to_partial_json().get("renewalInfo")
+            if not base:
+                return None
+            url = base.rstrip("/") + "/" + cert_id
+            try:
+                response = net.get(url, content_type=ClientNetwork.JSON_CONTENT_TYPE)
+                doc = response.json()
+                window = doc["suggestedWindow"]
+                start = datetime.fromisoformat(window["start"])
+                end = datetime.fromisoformat(window["end"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise IssuanceError(
+                    f"renewalInfo for {cert_id}: malformed response", retryable=True
+                ) from exc
+            except Exception as exc:
+                raise translate(exc, net, f"renewalInfo for {cert_id}") from exc
+            explanation = doc.get("explanationURL")
+            return RenewalInfo(
+                start=start if start.tzinfo else start.replace(tzinfo=UTC),
+                end=end if end.tzinfo else end.replace(tzinfo=UTC),
+                retry_after=_parse_retry_after(
+                    response.headers.get("Retry-After"), self._clock.now()
+                ),
+                explanation_url=explanation if isinstance(explanation, str) else None,
+            )
+        finally:
+            net.session.close()
 
     def _issue(
         self,
@@ -349,7 +409,7 @@ class AcmeIssuer:
         replaces: str | None,
     ) -> IssuedCertificate:
         deadline = self._clock.monotonic() + self.spec.order_deadline_seconds
-        order, order_url = self._with_account(
+        order, order_url, replaces = self._with_account(
             client, lambda: self._new_order(client, names, replaces)
         )
 
@@ -383,7 +443,9 @@ class AcmeIssuer:
         certs = x509.load_pem_x509_certificates(fullchain)
         leaf = certs[0].public_bytes(serialization.Encoding.PEM)
         chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs[1:])
-        return IssuedCertificate(cert_pem=leaf, chain_pem=chain, order_url=order_url)
+        return IssuedCertificate(
+            cert_pem=leaf, chain_pem=chain, order_url=order_url, replaces=replaces
+        )
 
     def _poll_authorizations(self, client: ClientV2, urls: Sequence[str], deadline: float) -> None:
         waiting = list(urls)

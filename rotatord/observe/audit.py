@@ -50,6 +50,9 @@ EVENTS = frozenset(
         "certificate_revoked",
         "key_destroyed",
         "store_recovered",
+        "renewal_info",
+        "daemon_started",
+        "daemon_stopped",
         "alarm",
     }
 )

@@ -1,0 +1,58 @@
+"""One pending job per service on APScheduler 3.x. The only module that imports apscheduler.
+
+``misfire_grace_time=None`` because APScheduler 3 silently skips a job that fires late (after a
+suspend, a busy pool, a slow start) unless told that any lateness is fine; for renewals late is
+always better than never. ``coalesce`` and ``max_instances=1`` keep one run per service. The pool
+size bounds concurrent renewals, and a slow service only occupies one worker, so it never delays
+the others beyond the pool's capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+
+class Scheduler:
+    def __init__(self, max_workers: int, run: Callable[[str, str], None]) -> None:
+        self._run = run
+        self._sched = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=max_workers)},
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+        )
+
+    def start(self) -> None:
+        self._sched.start()
+
+    def schedule(self, name: str, at: datetime, trigger: str) -> None:
+        """(Re)place the service's one pending job at ``at``; a past ``at`` runs at once."""
+        self._sched.add_job(
+            self._run,
+            trigger="date",
+            run_date=at,
+            id=name,
+            name=name,
+            args=[name, trigger],
+            replace_existing=True,
+        )
+
+    def remove(self, name: str) -> None:
+        job = self._sched.get_job(name)
+        if job is not None:
+            job.remove()
+
+    def pending(self) -> dict[str, datetime]:
+        return {
+            job.id: job.next_run_time.astimezone(UTC)
+            for job in self._sched.get_jobs()
+            if job.next_run_time is not None
+        }
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking new jobs; with ``wait`` let in-flight rotations finish."""
+        if self._sched.running:
+            self._sched.shutdown(wait=wait)
