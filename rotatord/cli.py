@@ -137,8 +137,11 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
         return rotator.rotate(name, trigger=Trigger.MANUAL, force=args.force, uid=os.getuid())
 
     workers = max(1, min(config.daemon.max_concurrent, len(names)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
-        local_results = list(pool.map(one, names))
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
+            local_results = list(pool.map(one, names))
+    finally:
+        rotator.close()
     return _print_results(
         [
             {

@@ -56,6 +56,14 @@ class IssuerCache:
         with self._lock:
             self._config = config
 
+    def close(self) -> None:
+        """Close lingering HTTP-01 listeners and idle CA connections."""
+        self._responder.close()
+        with self._lock:
+            issuers = list(self._issuers.values())
+        for issuer in issuers:
+            issuer.close()
+
     def __call__(self, account: str) -> Issuer:
         with self._lock:
             spec = self._config.acme.get(account)
@@ -75,12 +83,14 @@ class IssuerCache:
 
 def build_rotator(config: Config, clock: Clock | None = None) -> Rotator:
     clk = clock or SystemClock()
+    issuers = IssuerCache(config, clk)
     return Rotator(
         config,
         clock=clk,
         audit=AuditLog(config.daemon.audit_log, clk),
-        issuer_for=IssuerCache(config, clk),
+        issuer_for=issuers,
         reloader=SubprocessReloader(),
+        on_close=issuers.close,
     )
 
 
@@ -193,10 +203,11 @@ class Daemon:
             audit=self.audit,
             issuer_for=self.issuers,
             reloader=SubprocessReloader(),
+            on_close=self.issuers.close,
         )
         for name in cfg.services:
             try:
-                recover_service(self.rotator, name, self.audit)
+                recover_service(self.rotator, name, self.audit, thorough=False)
             except RotatordError as exc:
                 log.error("recovery_failed", service=name, error=str(exc))
         self.scheduler = Scheduler(cfg.daemon.max_concurrent, self._job)
@@ -230,6 +241,7 @@ class Daemon:
             # Let in-flight rotations finish: each is bounded by its order deadline and reload
             # timeouts, and the store never shows a half state even if systemd kills us after.
             self.scheduler.shutdown(wait=True)
+            self.rotator.close()
             self._restore_signals(previous)
             with contextlib.suppress(RotatordError):
                 self.audit.emit("daemon_stopped", pid=os.getpid())

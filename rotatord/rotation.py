@@ -133,7 +133,9 @@ class Rotator:
         issuer_for: Callable[[str], Issuer],
         reloader: Reloader,
         ops: FsOps = DEFAULT_OPS,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
+        self._on_close = on_close
         self._config = config
         self._clock = clock
         self._audit = audit
@@ -141,6 +143,11 @@ class Rotator:
         self._reloader = reloader
         self._ops = ops
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release what the adapters hold open (listeners, connections)."""
+        if self._on_close is not None:
+            self._on_close()
 
     @property
     def audit(self) -> AuditSink:
@@ -567,14 +574,16 @@ def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]
     return _status_of(rotator, name, now)
 
 
-def recover_service(rotator: Rotator, name: str, audit: AuditSink) -> None:
+def recover_service(
+    rotator: Rotator, name: str, audit: AuditSink, *, thorough: bool = True
+) -> None:
     """Startup recovery for one service under its lock; audited when it changed anything."""
     spec = rotator.spec(name)
     store = rotator.store(spec)
     if not store.dir.exists():
         return
     with store.lock():
-        report = store.recover()
+        report = store.recover(thorough=thorough)
     if report.removed_temp or report.removed_incomplete or report.repointed_current:
         audit.emit(
             "store_recovered",

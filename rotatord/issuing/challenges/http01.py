@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from rotatord.core.errors import IssuanceError
@@ -24,6 +25,7 @@ from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
 from rotatord.fsutil import atomic_write, ensure_tree
 
 PREFIX = "/.well-known/acme-challenge/"
+LINGER_SECONDS = 5.0
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -64,15 +66,28 @@ class _ChallengeServer(http.server.ThreadingHTTPServer):
             return self.tokens.get(token)
 
 
+@dataclass
+class _Entry:
+    server: _ChallengeServer
+    thread: threading.Thread
+    refs: int = 0
+    linger: threading.Timer | None = None
+
+
 class StandalonePool:
-    """One listener per (host, port), reference counted across concurrent rotations."""
+    """One listener per (host, port), reference counted across concurrent rotations.
 
-    def __init__(self) -> None:
+    A listener whose last user left lingers for ``linger`` seconds before it closes, so a batch
+    of rotations (start-up, ``rotate --all``) binds the port once instead of once per
+    certificate; ``socketserver.shutdown`` alone costs up to one poll interval each time.
+    """
+
+    def __init__(self, linger: float = LINGER_SECONDS) -> None:
         self._lock = threading.Lock()
-        self._servers: dict[tuple[str, int], tuple[_ChallengeServer, threading.Thread, int]] = {}
+        self._linger = linger
+        self._servers: dict[tuple[str, int], _Entry] = {}
 
-    @contextlib.contextmanager
-    def serving(self, spec: Http01Standalone, tokens: Mapping[str, str]) -> Iterator[None]:
+    def _acquire(self, spec: Http01Standalone) -> _Entry:
         key = (spec.host, spec.port)
         with self._lock:
             entry = self._servers.get(key)
@@ -92,26 +107,62 @@ class StandalonePool:
                     daemon=True,
                 )
                 thread.start()
-                entry = (server, thread, 0)
-            server, thread, refs = entry
-            self._servers[key] = (server, thread, refs + 1)
-        with server.tokens_lock:
-            server.tokens.update(tokens)
+                entry = _Entry(server, thread)
+                self._servers[key] = entry
+            if entry.linger is not None:
+                entry.linger.cancel()
+                entry.linger = None
+            entry.refs += 1
+            return entry
+
+    def _release(self, spec: Http01Standalone, entry: _Entry) -> None:
+        with self._lock:
+            entry.refs -= 1
+            if entry.refs > 0:
+                return
+            if self._linger <= 0:
+                self._close_locked((spec.host, spec.port))
+                return
+            timer = threading.Timer(self._linger, self._expire, args=((spec.host, spec.port),))
+            timer.daemon = True
+            entry.linger = timer
+            timer.start()
+
+    def _expire(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            entry = self._servers.get(key)
+            if entry is not None and entry.refs == 0:
+                self._close_locked(key)
+
+    def _close_locked(self, key: tuple[str, int]) -> None:
+        # Closed while holding the lock, so nobody can try to bind the port in between.
+        entry = self._servers.pop(key)
+        if entry.linger is not None:
+            entry.linger.cancel()
+        entry.server.shutdown()
+        entry.server.server_close()
+        entry.thread.join()
+
+    def close(self) -> None:
+        """Close every listener now (daemon shutdown, end of a CLI run)."""
+        with self._lock:
+            for key in list(self._servers):
+                self._close_locked(key)
+
+    @contextlib.contextmanager
+    def serving(self, spec: Http01Standalone, tokens: Mapping[str, str]) -> Iterator[None]:
+        entry = self._acquire(spec)
         try:
-            yield
+            with entry.server.tokens_lock:
+                entry.server.tokens.update(tokens)
+            try:
+                yield
+            finally:
+                with entry.server.tokens_lock:
+                    for t in tokens:
+                        entry.server.tokens.pop(t, None)
         finally:
-            with server.tokens_lock:
-                for t in tokens:
-                    server.tokens.pop(t, None)
-            with self._lock:
-                server, thread, refs = self._servers[key]
-                if refs <= 1:
-                    del self._servers[key]
-                    server.shutdown()
-                    server.server_close()
-                    thread.join()
-                else:
-                    self._servers[key] = (server, thread, refs - 1)
+            self._release(spec, entry)
 
 
 @contextlib.contextmanager
@@ -144,6 +195,9 @@ class Http01Responder:
 
     def __init__(self, pool: StandalonePool | None = None) -> None:
         self._pool = pool or StandalonePool()
+
+    def close(self) -> None:
+        self._pool.close()
 
     @contextlib.contextmanager
     def serving(self, challenge: Challenge, tokens: Mapping[str, str]) -> Iterator[None]:
