@@ -15,3 +15,7 @@ __all__ = [
     "PebbleUnavailable",
     "pebble_available",
 ]
+
+from pebble.ari_proxy import AriProxy, ReplacesMode, cert_id
+
+__all__ += ["AriProxy", "ReplacesMode", "cert_id"]

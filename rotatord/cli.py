@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show each service's certificate and renewal state")
     s.add_argument("services", nargs="*", metavar="SERVICE")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    rv = sub.add_parser("revoke", help="revoke the current certificate and rotate to a new key")
+    rv.add_argument("service", metavar="SERVICE")
+    rv.add_argument(
+        "--reason",
+        default="unspecified",
+        choices=[
+            "unspecified",
+            "keyCompromise",
+            "affiliationChanged",
+            "superseded",
+            "cessationOfOperation",
+        ],
+    )
+    rc = sub.add_parser("recover", help="repair what an interrupted rotation left on disk")
+    rc.add_argument("services", nargs="*", metavar="SERVICE")
     sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     sub.add_parser("reload", help="ask the running daemon to re-read its config")
     a = sub.add_parser("audit", help="audit log tools")
@@ -133,29 +147,13 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
     for n in names:
         recover_service(rotator, n, rotator.audit)
 
-    def one(name: str) -> RotationResult:
-        return rotator.rotate(name, trigger=Trigger.MANUAL, force=args.force, uid=os.getuid())
-
-    workers = max(1, min(config.daemon.max_concurrent, len(names)))
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotate") as pool:
-            local_results = list(pool.map(one, names))
+        local_results = rotator.rotate_batch(
+            names, trigger=Trigger.MANUAL, force=args.force, uid=os.getuid()
+        )
     finally:
         rotator.close()
-    return _print_results(
-        [
-            {
-                "service": r.service,
-                "outcome": r.outcome,
-                "old_serial": r.old_serial,
-                "new_serial": r.new_serial,
-                "version": r.version,
-                "reason": r.reason,
-                "error": r.error,
-            }
-            for r in local_results
-        ]
-    )
+    return _print_results([_result_doc(r) for r in local_results])
 
 
 def _fmt_status(doc: dict[str, Any]) -> str:
@@ -201,6 +199,69 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps({"source": source, "services": docs}, indent=2))
     else:
         print("\n".join(_fmt_status(d) for d in docs))
+    return EXIT_OK
+
+
+def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
+    if args.service not in config.services:
+        print(f"revoke: unknown service {args.service!r} (not in {config.source})", file=sys.stderr)
+        return EXIT_USAGE
+    reply = _daemon_request(
+        config, {"verb": "revoke", "service": args.service, "reason": args.reason}
+    )
+    if reply is not None:
+        if not reply.get("ok") and "revoked" not in reply:
+            print(f"revoke: {reply.get('error')}", file=sys.stderr)
+            return EXIT_FAILED
+        revoked, results = reply.get("revoked"), reply.get("results", [])
+    else:
+        rotator = build_rotator(config)
+        try:
+            revoked, result = rotator.revoke(args.service, args.reason, uid=os.getuid())
+        finally:
+            rotator.close()
+        results = [_result_doc(result)] if result else []
+    print(f"{args.service}: revoked {revoked} ({args.reason})")
+    return _print_results(results)
+
+
+def _result_doc(r: RotationResult) -> dict[str, Any]:
+    return {
+        "service": r.service,
+        "outcome": r.outcome,
+        "old_serial": r.old_serial,
+        "new_serial": r.new_serial,
+        "version": r.version,
+        "reason": r.reason,
+        "error": r.error,
+    }
+
+
+def cmd_recover(config: Config, args: argparse.Namespace) -> int:
+    names = list(args.services) or list(config.services)
+    rotator = build_rotator(config)
+    for n in names:
+        spec = rotator.spec(n)
+        store = rotator.store(spec)
+        if not store.dir.exists():
+            print(f"{n}: nothing on disk")
+            continue
+        with store.lock():
+            report = store.recover()
+        if report.removed_temp or report.removed_incomplete or report.repointed_current:
+            rotator.audit.emit(
+                "store_recovered",
+                service=n,
+                removed_temp=list(report.removed_temp),
+                removed_incomplete=list(report.removed_incomplete),
+                repointed_current=report.repointed_current,
+                current=report.current,
+            )
+        print(
+            f"{n}: current={report.current} removed_temp={len(report.removed_temp)} "
+            f"removed_incomplete={len(report.removed_incomplete)} "
+            f"repointed={report.repointed_current or '-'}"
+        )
     return EXIT_OK
 
 
@@ -260,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(config, args)
         if args.command == "reload":
             return cmd_reload(config)
+        if args.command == "revoke":
+            return cmd_revoke(config, args)
+        if args.command == "recover":
+            return cmd_recover(config, args)
         if args.command == "audit":
             return cmd_audit_verify(config.daemon.audit_log)
     except ControlError as exc:

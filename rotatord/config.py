@@ -9,12 +9,14 @@ the whole list in one go (lego validates its config the same way).
 Rules:
 
 * No network and no side effects. The only I/O is reading the config file itself, ``stat()`` of
-  files that must already exist (``ca_bundle``, the EAB ``hmac_key_file``) and user/group
-  database lookups (``pwd``/``grp``). Nothing is created, written, chmod-ed or opened for
-  writing here; directories are created by the store, sockets by the control server.
-* Secret material is never read: the EAB HMAC key file is checked to exist, its content is read
-  only by the issuing adapter, so it cannot leak into an error message. Messages never echo the
-  value of an unknown key either (a misspelt ``hmac_key = "..."`` would otherwise print the key).
+  files that must already exist (``ca_bundle``, the EAB ``hmac_key_file``, a PKCS#12
+  ``password_file``) and user/group database lookups (``pwd``/``grp``). Nothing is created,
+  written, chmod-ed or opened for writing here; directories are created by the store, sockets by
+  the control server.
+* Secret material is never read: the EAB HMAC key file and the PKCS#12 password file are checked
+  to exist, their content is read only by the adapters that use them, so it cannot leak into an
+  error message. Messages never echo the value of an unknown key either (a misspelt
+  ``hmac_key = "..."`` would otherwise print the key).
 * ``parse_config``/``load_config`` raise nothing but ``ConfigError``, whatever the input (huge
   integers, NUL bytes, lone surrogates, tables where strings belong, ...): the daemon reloads
   config on change and must keep running on the old snapshot when the new one is bad.
@@ -45,6 +47,7 @@ from urllib.parse import urlsplit
 
 from rotatord.core.errors import ConfigError, Problem
 from rotatord.core.model import (
+    SECRET_FORMATS,
     AcmeSpec,
     Challenge,
     CommandReload,
@@ -56,7 +59,9 @@ from rotatord.core.model import (
     KeyType,
     OutputFormat,
     OutputSpec,
+    ProbeSpec,
     ReloadAction,
+    ReloadTarget,
     ServiceSpec,
     SignalReload,
     SystemdReload,
@@ -64,15 +69,18 @@ from rotatord.core.model import (
 
 __all__ = ["SAFE_NAME_RE", "load_config", "parse_config"]
 
-#: Names of ``[acme.<name>]`` and ``[services.<name>]`` sections. Both become directory names under
-#: the state dir, so they must be safe as one: no "/", no leading dot (so never "." or ".."),
-#: no control characters, at most 63 characters.
+#: Names of ``[acme.<name>]``, ``[services.<name>]`` and ``[reload_targets.<name>]`` sections.
+#: The first two become directory names under the state dir, so they must be safe as one: no "/",
+#: no leading dot (so never "." or ".."), no control characters, at most 63 characters. Reload
+#: target names follow the same rule so every name in a config looks alike.
 SAFE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 # Limits. Each caps a value whose only effect when huge is a daemon that hangs or never acts;
 # they are far above anything sensible, so a real config never meets them.
 MAX_TIMEOUT_SECONDS: Final = 3600.0
 MAX_ORDER_DEADLINE_SECONDS: Final = 86400.0
+MAX_PROBE_DEADLINE_SECONDS: Final = 600.0
+MAX_TARGET_ORDER: Final = 1000  # reload_targets.<name>.order is from -1000 to 1000
 MAX_RENEW_BEFORE: Final = timedelta(days=365)
 MAX_LADDER_STEPS: Final = 16
 MAX_KEEP_VERSIONS: Final = 1000
@@ -92,7 +100,7 @@ _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_RE: Final = re.compile(r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}")
 
-_TOP_KEYS: Final = ("daemon", "acme", "services")
+_TOP_KEYS: Final = ("daemon", "acme", "reload_targets", "services")
 _DAEMON_KEYS: Final = (
     "state_dir",
     "audit_log",
@@ -116,11 +124,16 @@ _SERVICE_KEYS: Final = (
     "keep_versions",
     "challenge",
     "reload",
+    "reload_targets",
     "outputs",
+    "probe",
+    "probe_deadline",
 )
 _CHALLENGE_KEYS: Final = ("type", "listen", "webroot")
 _RELOAD_KEYS: Final = ("command", "env", "timeout", "signal", "pid_file", "systemd_unit")
-_OUTPUT_KEYS: Final = ("path", "format", "mode", "owner", "group")
+_OUTPUT_KEYS: Final = ("path", "format", "mode", "owner", "group", "password_file")
+_TARGET_KEYS: Final = ("order", "actions")
+_PROBE_KEYS: Final = ("address", "unix_socket", "sni")
 
 _E = TypeVar("_E", KeyType, OutputFormat)
 
@@ -182,20 +195,37 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             if spec is not None:
                 acme[name] = spec
 
+    targets: dict[str, ReloadTarget] = {}
+    # Every name defined, even one whose section has problems, so a service naming it does not get
+    # a second, misleading "does not exist"; None when [reload_targets] itself is not a table.
+    target_names: list[str] | None = None
+    targets_root = (
+        _table(ctx, root["reload_targets"], "reload_targets") if "reload_targets" in root else {}
+    )
+    if targets_root is not None:
+        target_names = list(targets_root)
+        for name, raw in targets_root.items():
+            target = _reload_target(ctx, name, raw, _join("reload_targets", name))
+            if target is not None:
+                targets[name] = target
+
     services: dict[str, ServiceSpec] = {}
     services_root = _table(ctx, root["services"], "services") if "services" in root else {}
     for name, raw in (services_root or {}).items():
-        service = _service(ctx, name, raw, _join("services", name), acme_names)
+        service = _service(ctx, name, raw, _join("services", name), acme_names, target_names)
         if service is not None:
             services[name] = service
 
     if ctx.problems:
         raise ConfigError(ctx.problems)
+    # Iterating the mapping gives the reload order: ascending (order, name).
+    ordered = sorted(targets.values(), key=lambda target: (target.order, target.name))
     return Config(
         source=source,
         daemon=daemon,
         acme=MappingProxyType(acme),
         services=MappingProxyType(services),
+        reload_targets=MappingProxyType({target.name: target for target in ordered}),
     )
 
 
@@ -210,6 +240,8 @@ class _Ctx:
         self.problems: list[Problem] = []
         # Output files seen so far (path -> where), across services, even ones with problems.
         self.output_paths: dict[Path, str] = {}
+        # The subset of those that are ``format = "directory"`` outputs (path -> where).
+        self.output_dirs: dict[Path, str] = {}
         self.state_dir = DaemonSpec().state_dir
         parent = source.parent
         if not parent.is_absolute():
@@ -489,17 +521,7 @@ def _daemon(ctx: _Ctx, raw: object) -> DaemonSpec:
 
     control_socket = _path(ctx, table, "control_socket", path)
     if control_socket is not None:
-        try:
-            size = len(os.fsencode(control_socket))
-        except (UnicodeError, ValueError):
-            ctx.add(_join(path, "control_socket"), "path cannot be encoded for the filesystem")
-        else:
-            if size > SUN_PATH_MAX:
-                ctx.add(
-                    _join(path, "control_socket"),
-                    f"unix socket paths are limited to {SUN_PATH_MAX} bytes; "
-                    f"{_show_path(control_socket)} is {size} after resolution",
-                )
+        _check_socket_path(ctx, control_socket, _join(path, "control_socket"))
 
     uids: tuple[int, ...] | None = None
     if "control_allowed_uids" in table:
@@ -531,6 +553,23 @@ def _daemon(ctx: _Ctx, raw: object) -> DaemonSpec:
     )
 
 
+def _check_socket_path(ctx: _Ctx, socket_path: Path, where: str) -> bool:
+    """Report a unix socket path that cannot be encoded or is too long for ``sun_path``."""
+    try:
+        size = len(os.fsencode(socket_path))
+    except (UnicodeError, ValueError):
+        ctx.add(where, "path cannot be encoded for the filesystem")
+        return False
+    if size > SUN_PATH_MAX:
+        ctx.add(
+            where,
+            f"unix socket paths are limited to {SUN_PATH_MAX} bytes; "
+            f"{_show_path(socket_path)} is {size} after resolution",
+        )
+        return False
+    return True
+
+
 def _uids(ctx: _Ctx, value: object, path: str) -> tuple[int, ...] | None:
     if not isinstance(value, list | tuple):
         ctx.add(path, f"expected an array of numeric uids, got {_kind(value)}")
@@ -550,12 +589,14 @@ def _uids(ctx: _Ctx, value: object, path: str) -> tuple[int, ...] | None:
 # --------------------------------------------------------------------------- [acme.<name>]
 
 
-def _check_name(ctx: _Ctx, name: str, path: str, section: str) -> bool:
+def _check_name(
+    ctx: _Ctx, name: str, path: str, section: str, why: str = "it becomes a directory name"
+) -> bool:
     if SAFE_NAME_RE.fullmatch(name):
         return True
     ctx.add(
         path,
-        f"invalid {section} name {_show(name)}: it becomes a directory name, so use 1-63 "
+        f"invalid {section} name {_show(name)}: {why}, so use 1-63 "
         "letters, digits, '.', '_' or '-', starting with a letter or digit",
     )
     return False
@@ -657,7 +698,12 @@ def _eab(ctx: _Ctx, raw: object, path: str) -> EabSpec | None:
 
 
 def _service(
-    ctx: _Ctx, name: str, raw: object, path: str, acme_names: Sequence[str]
+    ctx: _Ctx,
+    name: str,
+    raw: object,
+    path: str,
+    acme_names: Sequence[str],
+    target_names: Sequence[str] | None,
 ) -> ServiceSpec | None:
     name_ok = _check_name(ctx, name, path, "[services.<name>]")
     table = _table(ctx, raw, path)
@@ -685,9 +731,19 @@ def _service(
     if "reload" in table:
         reload = _reloads(ctx, table["reload"], _join(path, "reload"))
 
+    target_refs: tuple[str, ...] = ()
+    if "reload_targets" in table:
+        where = _join(path, "reload_targets")
+        target_refs = _target_refs(ctx, table["reload_targets"], where, target_names) or ()
+
     outputs: tuple[OutputSpec, ...] = ()
     if "outputs" in table:
         outputs = _outputs(ctx, table["outputs"], _join(path, "outputs"))
+
+    probes: tuple[ProbeSpec, ...] = ()
+    if "probe" in table:
+        probes = _probes(ctx, table["probe"], _join(path, "probe"))
+    probe_deadline = _seconds(ctx, table, "probe_deadline", path, MAX_PROBE_DEADLINE_SECONDS)
 
     if (
         not name_ok
@@ -709,7 +765,52 @@ def _service(
         outputs=outputs,
         key_group=key_group,
         keep_versions=keep,
+        reload_targets=target_refs,
+        probes=probes,
+        probe_deadline_seconds=15.0 if probe_deadline is None else probe_deadline,
     )
+
+
+def _target_refs(
+    ctx: _Ctx, value: object, path: str, defined: Sequence[str] | None
+) -> tuple[str, ...] | None:
+    """``services.<svc>.reload_targets``: names of defined targets, each listed once.
+
+    ``defined`` is None when ``[reload_targets]`` itself was malformed (already reported): the
+    names cannot be checked then, and saying each one is missing would only add noise.
+    """
+    if not isinstance(value, list | tuple):
+        ctx.add(path, f"expected an array of [reload_targets.<name>] names, got {_kind(value)}")
+        return None
+    known = None if defined is None else frozenset(defined)
+    names: list[str] = []
+    first_index: dict[str, int] = {}
+    ok = True
+    for index, item in enumerate(value):
+        where = _item(path, index)
+        name = _check_string(ctx, item, where)
+        if name is None:
+            ok = False
+            continue
+        if name in first_index:
+            ctx.add(where, f"{_show(name)} is listed twice (also at index {first_index[name]})")
+            ok = False
+            continue
+        first_index[name] = index
+        names.append(name)
+        if known is None or name in known:
+            continue
+        ok = False
+        message = f"{_show(name)} does not name a [reload_targets.<name>] section"
+        suggestion = _suggest(name, list(defined or ()))
+        if suggestion is not None:
+            message += f"; did you mean {suggestion!r}?"
+        elif defined:
+            message += f"; defined: {', '.join(_show(n) for n in defined)}"
+        else:
+            message += "; none is defined"
+        ctx.add(where, message)
+    return tuple(names) if ok else None
 
 
 def _account(
@@ -885,8 +986,17 @@ def _challenge(ctx: _Ctx, raw: object, path: str) -> Challenge | None:
 
 
 def _parse_listen(value: str) -> tuple[str, int] | str:
+    """A listen address ``host:port`` (``[v6]:port``) as a pair, or what is wrong with it."""
+    return _parse_host_port(
+        value,
+        "'0.0.0.0:80', '127.0.0.1:5002' or '[::1]:80'",
+        "missing host; use '0.0.0.0:80' to listen on all interfaces",
+    )
+
+
+def _parse_host_port(value: str, examples: str, missing_host: str) -> tuple[str, int] | str:
     """``host:port`` (``[v6]:port``) as a pair, or a message saying what is wrong."""
-    expected = "expected host:port such as '0.0.0.0:80', '127.0.0.1:5002' or '[::1]:80'"
+    expected = f"expected host:port such as {examples}"
     if value.startswith("["):
         end = value.find("]")
         if end < 0 or not value[end + 1 :].startswith(":"):
@@ -903,7 +1013,7 @@ def _parse_listen(value: str) -> tuple[str, int] | str:
         if ":" in host:
             return "write IPv6 addresses in brackets, e.g. '[::1]:80'"
         if not host:
-            return "missing host; use '0.0.0.0:80' to listen on all interfaces"
+            return missing_host
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
@@ -989,6 +1099,31 @@ def _reload(ctx: _Ctx, raw: object, path: str) -> ReloadAction | None:
     return action
 
 
+def _reload_target(ctx: _Ctx, name: str, raw: object, path: str) -> ReloadTarget | None:
+    """``[reload_targets.<name>]``: a shared program's reload actions and its place in the order."""
+    name_ok = _check_name(
+        ctx, name, path, "[reload_targets.<name>]", "services and logs refer to it by this name"
+    )
+    table = _table(ctx, raw, path)
+    if table is None:
+        return None
+    _known_keys(ctx, table, path, _TARGET_KEYS)
+    before = len(ctx.problems)
+
+    order = _int(ctx, table, "order", path, -MAX_TARGET_ORDER, MAX_TARGET_ORDER)
+    actions: tuple[ReloadAction, ...] = ()
+    where = _join(path, "actions")
+    if _required(ctx, table, "actions", path, f"one or more reload actions, each as [[{where}]]"):
+        raw_actions = table["actions"]
+        if isinstance(raw_actions, list | tuple) and not raw_actions:
+            ctx.add(where, f"must list at least one reload action, each as [[{where}]]")
+        actions = _reloads(ctx, raw_actions, where)
+
+    if not name_ok or len(ctx.problems) != before:
+        return None
+    return ReloadTarget(name=name, actions=actions, order=0 if order is None else order)
+
+
 def _argv(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
     if isinstance(value, str):
         ctx.add(
@@ -1059,6 +1194,92 @@ def _unit(ctx: _Ctx, table: Mapping[str, Any], path: str) -> str | None:
     return unit
 
 
+# --------------------------------------------------------------------------- probes
+
+
+def _probes(ctx: _Ctx, value: object, path: str) -> tuple[ProbeSpec, ...]:
+    items = _array_of_tables(ctx, value, path)
+    probes: list[ProbeSpec] = []
+    for index, raw in enumerate(items or []):
+        probe = _probe(ctx, raw, _item(path, index))
+        if probe is not None:
+            probes.append(probe)
+    return tuple(probes)
+
+
+def _probe(ctx: _Ctx, raw: object, path: str) -> ProbeSpec | None:
+    """``[[services.<svc>.probe]]``: one TLS endpoint, by ``address`` or ``unix_socket``."""
+    table = _table(ctx, raw, path)
+    if table is None:
+        return None
+    _known_keys(ctx, table, path, _PROBE_KEYS)
+    before = len(ctx.problems)
+
+    if "address" in table and "unix_socket" in table:
+        ctx.add(path, "set exactly one of 'address' (host:port) or 'unix_socket' (a path)")
+    elif "address" not in table and "unix_socket" not in table:
+        ctx.add(
+            path,
+            "set one of 'address' (host:port such as '127.0.0.1:8443') or 'unix_socket' "
+            "(the path of the server's TLS socket)",
+        )
+
+    host: str | None = None
+    port: int | None = None
+    address = _string(ctx, table, "address", path)
+    if address is not None:
+        parsed = _parse_probe_address(address)
+        if isinstance(parsed, str):
+            ctx.add(_join(path, "address"), parsed)
+        else:
+            host, port = parsed
+
+    unix_socket = _path(ctx, table, "unix_socket", path)
+    if unix_socket is not None:
+        _check_socket_path(ctx, unix_socket, _join(path, "unix_socket"))
+
+    sni: str | None = None
+    raw_sni = _string(ctx, table, "sni", path)
+    if raw_sni is not None:
+        problem = _sni_problem(raw_sni)
+        if problem is None:
+            sni = raw_sni.lower()
+        else:
+            ctx.add(_join(path, "sni"), f"{_show(raw_sni)} is not a valid DNS name: {problem}")
+
+    if len(ctx.problems) != before:
+        return None
+    return ProbeSpec(host=host, port=port, unix_socket=unix_socket, sni=sni)
+
+
+def _parse_probe_address(value: str) -> tuple[str, int] | str:
+    """An address to connect to, ``host:port`` (``[v6]:port``), or what is wrong with it."""
+    parsed = _parse_host_port(
+        value,
+        "'127.0.0.1:8443', 'localhost:443' or '[::1]:8443'",
+        "missing host; give the address the server listens on, e.g. '127.0.0.1:8443'",
+    )
+    if isinstance(parsed, str):
+        return parsed
+    try:
+        unspecified = ipaddress.ip_address(parsed[0]).is_unspecified
+    except ValueError:  # a host name
+        unspecified = False
+    if unspecified:
+        return (
+            f"{_show(parsed[0])} means 'all interfaces' and cannot be connected to; "
+            "give a specific address such as '127.0.0.1:8443'"
+        )
+    return parsed
+
+
+def _sni_problem(name: str) -> str | None:
+    """Why ``name`` cannot be sent as TLS SNI (RFC 6066: a DNS host name), or None."""
+    if name.startswith("*."):
+        return "SNI names one host; wildcards are not allowed"
+    return _domain_problem(name)
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -1082,29 +1303,65 @@ def _output(ctx: _Ctx, raw: object, path: str) -> OutputSpec | None:
     file: Path | None = None
     if _required(ctx, table, "path", path, "where to write the file"):
         file = _path(ctx, table, "path", path)
-        if file is not None:
-            _check_output_path(ctx, file, _join(path, "path"))
-    fmt = _choice(ctx, table, "format", path, OutputFormat) or OutputFormat.FULLCHAIN
-    secret = fmt in (OutputFormat.KEY, OutputFormat.COMBINED)
+    chosen = _choice(ctx, table, "format", path, OutputFormat)
+    fmt = chosen or OutputFormat.FULLCHAIN
+    format_ok = chosen is not None or "format" not in table
+    if file is not None:
+        _check_output_path(ctx, file, _join(path, "path"), fmt is OutputFormat.DIRECTORY)
+
+    secret = fmt in SECRET_FORMATS
     mode = 0o600 if secret else 0o644
     if "mode" in table:
         parsed = _mode(ctx, table["mode"], _join(path, "mode"))
         if parsed is not None:
             mode = parsed
             if secret and mode & 0o007:
+                holder = (
+                    "in a directory output 'mode' applies to privkey.pem, which"
+                    if fmt is OutputFormat.DIRECTORY
+                    else f"a {fmt.value} output"
+                )
                 ctx.add(
                     _join(path, "mode"),
-                    f"a {fmt.value} output holds the private key, so it must grant nothing to "
+                    f"{holder} holds the private key, so it must grant nothing to "
                     f"others; got {mode:04o} (try 0600 or 0640)",
                 )
     owner = _string(ctx, table, "owner", path)
     if owner is not None and not _user_exists(owner):
         ctx.add(_join(path, "owner"), f"user {_show(owner)} does not exist on this system")
     group = _group(ctx, table, "group", path)
+    password_file = _password_file(ctx, table, path, fmt, format_ok)
 
     if file is None or len(ctx.problems) != before:
         return None
-    return OutputSpec(path=file, format=fmt, mode=mode, owner=owner, group=group)
+    return OutputSpec(
+        path=file, format=fmt, mode=mode, owner=owner, group=group, password_file=password_file
+    )
+
+
+def _password_file(
+    ctx: _Ctx, table: Mapping[str, Any], path: str, fmt: OutputFormat, format_ok: bool
+) -> Path | None:
+    """The PKCS#12 ``password_file``: required for pkcs12, refused for every other format.
+
+    Only ``stat()``-ed: the password is read by the output writer, never here, so it cannot end
+    up in a message. ``format_ok`` is False when ``format`` itself was invalid (reported), in
+    which case whether the key belongs cannot be known and nothing more is said about it.
+    """
+    where = _join(path, "password_file")
+    if fmt is OutputFormat.PKCS12:
+        if not _required(ctx, table, "password_file", path, "a file holding the PKCS#12 password"):
+            return None
+        password_file = _path(ctx, table, "password_file", path)
+        if password_file is None or not _existing_file(ctx, where, password_file):
+            return None
+        return password_file
+    if "password_file" in table and format_ok:
+        ctx.add(
+            where,
+            f"'password_file' only applies to format = 'pkcs12', not {fmt.value!r}",
+        )
+    return None
 
 
 def _mode(ctx: _Ctx, value: object, path: str) -> int | None:
@@ -1135,17 +1392,44 @@ def _mode(ctx: _Ctx, value: object, path: str) -> int | None:
     return mode
 
 
-def _check_output_path(ctx: _Ctx, file: Path, where: str) -> None:
+def _check_output_path(ctx: _Ctx, file: Path, where: str, is_directory: bool) -> None:
+    """Check an output's ``path`` against state_dir and against every output seen so far.
+
+    A ``directory`` output owns everything below its path (versions, a ``current`` symlink), so
+    no other output may be inside it, whichever of the two comes first in the file.
+    """
     if not file.is_absolute():
         ctx.add(where, "must be an absolute path")
     # Two outputs writing one file would overwrite each other on every rotation.
     if file in ctx.output_paths:
         ctx.add(where, f"{_show_path(file)} is also written by {ctx.output_paths[file]}")
     else:
+        for directory, other in ctx.output_dirs.items():
+            if file.is_relative_to(directory):
+                ctx.add(
+                    where,
+                    f"{_show_path(file)} is inside {_show_path(directory)}, the directory "
+                    f"output of {other}, which owns everything below it",
+                )
+        if is_directory:
+            for other_file, other in ctx.output_paths.items():
+                if other_file.is_relative_to(file):
+                    ctx.add(
+                        where,
+                        f"this directory output would own {_show_path(other_file)}, which is "
+                        f"written by {other}",
+                    )
+            ctx.output_dirs[file] = where
         ctx.output_paths[file] = where
     if file.is_relative_to(ctx.state_dir):
         ctx.add(
             where,
             f"{_show_path(file)} is inside daemon.state_dir, which only the store writes; "
             "point consumers at <state_dir>/services/<name>/current instead",
+        )
+    elif is_directory and ctx.state_dir.is_relative_to(file):
+        ctx.add(
+            where,
+            f"daemon.state_dir {_show_path(ctx.state_dir)} is inside this directory output; "
+            "give the output a directory of its own",
         )

@@ -7,9 +7,11 @@ done by ``rotatord rotate`` without a daemon is the same code path as one done b
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import os
 import random
+import select
 import signal
 import sys
 import threading
@@ -25,6 +27,7 @@ from rotatord.config import load_config
 from rotatord.core import keys, policy
 from rotatord.core.errors import ConfigError, IssuanceError, RotatordError, UnknownServiceError
 from rotatord.core.model import CertInfo, Config, ServiceSpec, Trigger
+from rotatord.deploy.probe import TlsProber
 from rotatord.deploy.reload import SubprocessReloader
 from rotatord.fsutil import ensure_tree
 from rotatord.issuing import Issuer
@@ -90,6 +93,7 @@ def build_rotator(config: Config, clock: Clock | None = None) -> Rotator:
         audit=AuditLog(config.daemon.audit_log, clk),
         issuer_for=issuers,
         reloader=SubprocessReloader(),
+        prober=TlsProber(clk),
         on_close=issuers.close,
     )
 
@@ -158,13 +162,16 @@ class Daemon:
         self.config_path = config_path
         self.clock = clock or SystemClock()
         self.notifier = notifier or SdNotifier.from_env()
-        self._wake = threading.Event()
+        # Self-pipe: signal handlers and other threads wake the main loop by writing one byte.
+        # (Event.set from a signal handler can deadlock on the Event's own lock.)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
         self._reload_requested = False
         self._ari: dict[str, _AriState] = {}
         self._planned: dict[str, Plan] = {}
         self._plan_lock = threading.Lock()
         self._rng = random.SystemRandom()
+        self._batch_seq = 0
         self.config: Config
         self.rotator: Rotator
         self.issuers: IssuerCache
@@ -174,6 +181,9 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
+        # `kill -USR1 <pid>` dumps every thread's stack to stderr: what an operator needs when
+        # the daemon seems stuck at 3 a.m., at no cost until then.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         try:
             self.config = load_config(self.config_path)
         except ConfigError as exc:
@@ -192,6 +202,8 @@ class Daemon:
             return self._serve()
         finally:
             lock.release()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _serve(self) -> int:
         cfg = self.config
@@ -203,6 +215,7 @@ class Daemon:
             audit=self.audit,
             issuer_for=self.issuers,
             reloader=SubprocessReloader(),
+            prober=TlsProber(self.clock),
             on_close=self.issuers.close,
         )
         for name in cfg.services:
@@ -223,8 +236,7 @@ class Daemon:
         previous = self._install_signals()
         try:
             self.scheduler.start()
-            for name in cfg.services:
-                self.scheduler.schedule(name, self.clock.now(), Trigger.STARTUP.value)
+            self._submit_batch(list(cfg.services), Trigger.STARTUP)
             watcher.start()
             self.audit.emit(
                 "daemon_started",
@@ -250,20 +262,28 @@ class Daemon:
     def _main_loop(self) -> None:
         interval = self.notifier.watchdog_interval or 30.0
         while not self._stop:
-            self._wake.wait(timeout=interval)
-            self._wake.clear()
+            ready, _, _ = select.select([self._wake_r], [], [], interval)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
             self.notifier.watchdog()
             if self._reload_requested and not self._stop:
                 self._reload_requested = False
                 self.reload_config()
 
+    def _wake(self) -> None:
+        # os.write is async-signal-safe; a full pipe already means "wake up".
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
     def request_stop(self) -> None:
         self._stop = True
-        self._wake.set()
+        self._wake()
 
     def request_reload(self) -> None:
         self._reload_requested = True
-        self._wake.set()
+        self._wake()
 
     def _install_signals(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
@@ -323,11 +343,11 @@ class Daemon:
                 with self._plan_lock:
                     self._planned.pop(name, None)
                     self._ari.pop(name, None)
-            now = self.clock.now()
             for name in added + changed:
                 with contextlib.suppress(RotatordError):
                     recover_service(self.rotator, name, self.audit)
-                self.scheduler.schedule(name, now, Trigger.CONFIG_CHANGE.value)
+            if added or changed:
+                self._submit_batch(added + changed, Trigger.CONFIG_CHANGE)
             self.audit.emit(
                 "config_loaded",
                 config=str(self.config_path),
@@ -417,6 +437,40 @@ class Daemon:
             at, why = now + RECHECK_AT_LEAST, "recheck"
         return Plan(at, why, ari_time)
 
+    def _submit_batch(self, names: list[str], trigger: Trigger) -> None:
+        with self._plan_lock:
+            self._batch_seq += 1
+            job_id = f"__batch__{self._batch_seq}"
+        self.scheduler.submit(job_id, lambda: self._batch(names, trigger))
+
+    def _batch(self, names: list[str], trigger: Trigger) -> None:
+        """Rotate every due service of ``names`` as one batch (shared reload targets reload
+        once), then schedule each of them. Used at start-up and after a config change."""
+        try:
+            ignore_retry = trigger is Trigger.CONFIG_CHANGE
+            due: list[str] = []
+            ari: dict[str, datetime | None] = {}
+            for name in names:
+                if self._stop or name not in self.rotator.config.services:
+                    continue
+                try:
+                    plan = self.plan(name, ignore_retry=ignore_retry)
+                except Exception as exc:
+                    log.exception("plan_failed", service=name, error=str(exc))
+                    continue
+                if plan.at <= self.clock.now():
+                    due.append(name)
+                    ari[name] = plan.ari_time
+            if due and not self._stop:
+                results = self.rotator.rotate_batch(due, trigger=trigger, ari_times=ari)
+                for r in results:
+                    log.info("batch_rotation", service=r.service, outcome=r.outcome)
+        except Exception as exc:
+            log.exception("batch_crashed", error=str(exc))
+        finally:
+            for name in names:
+                self._schedule_next(name)
+
     def _job(self, name: str, trigger: str) -> None:
         """Scheduler entry: rotate if due, then always plan the next run."""
         if self._stop:
@@ -478,6 +532,8 @@ class Daemon:
                 return self.reload_config(uid=peer.uid)
             if verb == "rotate":
                 return self._control_rotate(req, peer)
+            if verb == "revoke":
+                return self._control_revoke(req, peer)
         except RotatordError as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": False, "error": f"unknown verb {verb!r}"}
@@ -491,12 +547,12 @@ class Daemon:
             names.append(n)
         force = bool(req.get("force"))
         results = []
-        for n in names:
-            res = self.rotator.rotate(n, trigger=Trigger.MANUAL, force=force, uid=peer.uid)
-            self._schedule_next(n)
+        batch = self.rotator.rotate_batch(names, trigger=Trigger.MANUAL, force=force, uid=peer.uid)
+        for res in batch:
+            self._schedule_next(res.service)
             results.append(
                 {
-                    "service": n,
+                    "service": res.service,
                     "outcome": res.outcome,
                     "old_serial": res.old_serial,
                     "new_serial": res.new_serial,
@@ -509,6 +565,25 @@ class Daemon:
             "ok": all(r["outcome"] in ("rotated", "not_due") for r in results),
             "results": results,
         }
+
+    def _control_revoke(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        name = req.get("service")
+        if not isinstance(name, str) or name not in self.config.services:
+            return {"ok": False, "error": f"unknown service {name!r}", "code": "unknown"}
+        revoked, res = self.rotator.revoke(
+            name, str(req.get("reason", "unspecified")), uid=peer.uid
+        )
+        self._schedule_next(name)
+        doc = {
+            "service": name,
+            "outcome": res.outcome if res else "failed",
+            "old_serial": res.old_serial if res else revoked,
+            "new_serial": res.new_serial if res else None,
+            "version": res.version if res else None,
+            "error": res.error if res else None,
+            "reason": res.reason if res else "",
+        }
+        return {"ok": doc["outcome"] == "rotated", "revoked": revoked, "results": [doc]}
 
     def _status(self, names: Any) -> list[dict[str, Any]]:
         wanted = names if isinstance(names, list) and names else list(self.config.services)

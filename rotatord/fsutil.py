@@ -32,11 +32,12 @@ class FsOps:
     def open_excl(self, path: Path, mode: int, uid: int = -1, gid: int = -1) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0)
         try:
-            # The file was created with mode 0 (nobody may open it); give it its owner and final
-            # mode before any byte is written, whatever the process umask is.
+            # The file was created with mode 0 (nobody may open it); give it its final mode and
+            # owner before any byte is written, whatever the process umask is. Mode first: once
+            # the file belongs to another user, changing its mode would need CAP_FOWNER.
+            os.fchmod(fd, mode)
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
         except BaseException:
             os.close(fd)
             raise

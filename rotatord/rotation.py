@@ -11,10 +11,12 @@ Rules: talks to the world only through the ports it is given (``Issuer``, ``Serv
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,12 +27,21 @@ from rotatord.core.errors import (
     AuditError,
     IssuanceError,
     ReloadError,
-    RotatordError,
     StoreError,
     UnknownServiceError,
     VerificationError,
 )
-from rotatord.core.model import CertInfo, Config, IssuedMeta, ServiceSpec, Trigger
+from rotatord.core.model import (
+    CertInfo,
+    Config,
+    IssuedMeta,
+    ReloadAction,
+    ReloadTarget,
+    ServiceSpec,
+    Trigger,
+)
+from rotatord.deploy.outputs import publish as publish_outputs
+from rotatord.deploy.probe import Prober
 from rotatord.deploy.reload import Reloader, describe
 from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.issuing import Issuer
@@ -39,6 +50,15 @@ from rotatord.observe.logging import get_logger
 from rotatord.store import Bundle, ServiceStore, Version
 
 log = get_logger("rotatord.rotation")
+
+# RFC 5280 CRLReason codes an ACME client may send (RFC 8555 §7.6).
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -62,16 +82,28 @@ class RotationResult:
 
 @dataclass
 class _Ctx:
-    """What one rotation learned so far; turned into the canonical line at the end."""
+    """What one service's rotation learned so far; turned into its canonical line at the end."""
 
     spec: ServiceSpec
     audit: BoundAudit
     store: ServiceStore
     started: float
-    old: tuple[Version, Bundle, CertInfo] | None = None
-    new_version: Version | None = None
-    new_serial: str | None = None
+    rotation_id: str
+    now: datetime | None = None
+    state: str = "pending"  # pending | not_due | failed | activated
     reason: str = ""
+    old: tuple[Version, Bundle, CertInfo] | None = None
+    old_serial: str | None = None
+    new_version: Version | None = None
+    new_bundle: Bundle | None = None
+    new_info: CertInfo | None = None
+    new_serial: str | None = None
+    new_cert_fp: str | None = None
+    error: Exception | None = None
+    deploy_error: Exception | None = None
+    rolled_back: bool = False
+    rollback_ok: bool = False
+    rollback_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,6 +164,7 @@ class Rotator:
         audit: AuditSink,
         issuer_for: Callable[[str], Issuer],
         reloader: Reloader,
+        prober: Prober | None = None,
         ops: FsOps = DEFAULT_OPS,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -141,6 +174,7 @@ class Rotator:
         self._audit = audit
         self._issuer_for = issuer_for
         self._reloader = reloader
+        self._prober = prober
         self._ops = ops
         self._lock = threading.Lock()
 
@@ -205,56 +239,163 @@ class Rotator:
         ari_time: datetime | None = None,
         extra_context: Mapping[str, Any] | None = None,
     ) -> RotationResult:
-        spec = self.spec(name)
-        rotation_id = secrets.token_hex(8)
-        context: dict[str, Any] = {
-            "service": name,
-            "rotation_id": rotation_id,
-            "trigger": trigger.value,
-        }
-        if uid is not None:
-            context["uid"] = uid
-        if extra_context:
-            context.update(extra_context)
-        audit = BoundAudit(self._audit, context)
-        started = self._clock.monotonic()
-        try:
-            store = self.store(spec)
-            with store.lock():
-                ctx = _Ctx(spec=spec, audit=audit, store=store, started=started)
-                return self._rotate_locked(ctx, rotation_id, force, ari_time)
-        except (StoreError, AuditError) as exc:
-            # Failed before or outside the pipeline's own handling (layout, lock, audit file).
-            return self._failed(name, rotation_id, audit, started, exc, None, None)
+        return self.rotate_batch(
+            [name],
+            trigger=trigger,
+            force=force,
+            uid=uid,
+            ari_times={name: ari_time} if ari_time else None,
+            extra_context=extra_context,
+        )[0]
 
-    def _rotate_locked(
-        self, ctx: _Ctx, rotation_id: str, force: bool, ari_time: datetime | None
-    ) -> RotationResult:
+    def rotate_batch(
+        self,
+        names: Sequence[str],
+        *,
+        trigger: Trigger = Trigger.MANUAL,
+        force: bool = False,
+        uid: int | None = None,
+        ari_times: Mapping[str, datetime | None] | None = None,
+        extra_context: Mapping[str, Any] | None = None,
+        max_workers: int | None = None,
+        rollback: bool = True,
+    ) -> list[RotationResult]:
+        """Rotate several services as one batch: each is issued and activated, then every shared
+        reload target runs once (in its declared order), then probes, then rollbacks.
+
+        Service locks are taken in name order, so two batches never deadlock.
+        """
+        ordered = sorted(dict.fromkeys(names))
+        specs = [self.spec(n) for n in ordered]  # UnknownServiceError before any work
+        results: dict[str, RotationResult] = {}
+        with contextlib.ExitStack() as stack:
+            ctxs: list[_Ctx] = []
+            for spec in specs:
+                rotation_id = secrets.token_hex(8)
+                context: dict[str, Any] = {
+                    "service": spec.name,
+                    "rotation_id": rotation_id,
+                    "trigger": trigger.value,
+                }
+                if uid is not None:
+                    context["uid"] = uid
+                if extra_context:
+                    context.update(extra_context)
+                audit = BoundAudit(self._audit, context)
+                started = self._clock.monotonic()
+                try:
+                    store = self.store(spec)
+                    stack.enter_context(store.lock())
+                except StoreError as exc:
+                    results[spec.name] = self._failed_early(
+                        spec.name, rotation_id, audit, started, exc
+                    )
+                    continue
+                ctxs.append(
+                    _Ctx(
+                        spec=spec,
+                        audit=audit,
+                        store=store,
+                        started=started,
+                        rotation_id=rotation_id,
+                    )
+                )
+            ari = ari_times or {}
+            workers = max(1, min(max_workers or self.config.daemon.max_concurrent, len(ctxs)))
+            if workers > 1:
+                with ThreadPoolExecutor(workers, thread_name_prefix="issue") as pool:
+                    list(
+                        pool.map(lambda c: self._phase_issue(c, force, ari.get(c.spec.name)), ctxs)
+                    )
+            else:
+                for c in ctxs:
+                    self._phase_issue(c, force, ari.get(c.spec.name))
+            activated = [c for c in ctxs if c.state == "activated"]
+            self._phase_deploy(activated)
+            self._phase_probe([c for c in activated if c.deploy_error is None])
+            failed = [c for c in activated if c.deploy_error is not None]
+            if failed:
+                if rollback:
+                    self._phase_rollback(failed)
+                else:
+                    for c in failed:
+                        c.audit.emit(
+                            "alarm",
+                            problem="deployment failed; previous pair is revoked, new one stays",
+                            error=str(c.deploy_error),
+                        )
+            for c in ctxs:
+                results[c.spec.name] = self._finish(c)
+        return [results[n] for n in ordered]
+
+    # ------------------------------------------------------------------ revocation
+
+    def revoke(
+        self, name: str, reason: str, *, uid: int | None = None
+    ) -> tuple[str | None, RotationResult | None]:
+        """Revoke the current certificate at the CA, then rotate to a new key at once.
+
+        Returns (the revoked serial or None with the error raised, the rotation's result). The
+        revoked pair is never rolled back to, and its key is destroyed once a new pair is current.
+        """
+        spec = self.spec(name)
+        code = REVOCATION_REASONS.get(reason)
+        if code is None:
+            raise VerificationError(
+                f"unknown revocation reason {reason!r}; use one of {', '.join(REVOCATION_REASONS)}"
+            )
+        store = self.store(spec)
+        audit = BoundAudit(
+            self._audit,
+            {"service": name, "rotation_id": secrets.token_hex(8), "trigger": "manual"}
+            | ({"uid": uid} if uid is not None else {}),
+        )
+        with store.lock():
+            installed = read_installed(store)
+            if installed is None:
+                raise StoreError(f"service {name!r} has no certificate to revoke")
+            version, bundle, info = installed
+            self._issuer_for(spec.account).revoke(bundle.cert_pem, code)
+            audit.emit(
+                "certificate_revoked",
+                serial=info.serial_hex,
+                version=version.name,
+                reason=reason,
+                reason_code=code,
+            )
+        result = self.rotate_batch(
+            [name], trigger=Trigger.MANUAL, force=True, uid=uid, rollback=False
+        )[0]
+        if result.outcome == "rotated":
+            with store.lock():
+                if store.current_version() != version and version.path.exists():
+                    store.destroy_version(version)
+                    audit.emit("key_destroyed", version=version.name, why="revoked")
+        return info.serial_hex, result
+
+    # ------------------------------------------------------------------ phase 1: issue
+
+    def _phase_issue(self, ctx: _Ctx, force: bool, ari_time: datetime | None) -> None:
         spec, audit, store = ctx.spec, ctx.audit, ctx.store
         now = self._clock.now()
-        # Check again under the lock: another process may have rotated while we waited.
-        ctx.old = read_installed(store)
-        decision = self.decision(spec, ctx.old, now, ari_time)
-        old_serial = ctx.old[2].serial_hex if ctx.old else None
-        if not force and not decision.due:
-            log.info(
-                "rotation_not_due",
-                service=spec.name,
-                renew_at=decision.at.isoformat(),
-                reason=decision.reason,
-            )
-            return RotationResult(
-                spec.name,
-                rotation_id,
-                "not_due",
-                decision.reason,
-                old_serial,
-                old_serial,
-                ctx.old[0].name if ctx.old else None,
-            )
-        ctx.reason = "forced" if force and not decision.due else decision.reason
+        ctx.now = now
         try:
-            audit.emit("rotation_started", reason=ctx.reason, old_serial=old_serial)
+            # Check again under the lock: another process may have rotated while we waited.
+            ctx.old = read_installed(store)
+            decision = self.decision(spec, ctx.old, now, ari_time)
+            ctx.old_serial = ctx.old[2].serial_hex if ctx.old else None
+            if not force and not decision.due:
+                ctx.state = "not_due"
+                ctx.reason = decision.reason
+                log.info(
+                    "rotation_not_due",
+                    service=spec.name,
+                    renew_at=decision.at.isoformat(),
+                    reason=decision.reason,
+                )
+                return
+            ctx.reason = "forced" if force and not decision.due else decision.reason
+            audit.emit("rotation_started", reason=ctx.reason, old_serial=ctx.old_serial)
             key = self._key(ctx)
             csr = keys.make_csr(key, spec.domains)
             fingerprint = keys.public_key_fingerprint(key)
@@ -265,6 +406,8 @@ class Rotator:
             chain = keys.split_pem_chain(issued.cert_pem + issued.chain_pem)
             info = keys.cert_info(chain[0])
             ctx.new_serial = info.serial_hex
+            ctx.new_info = info
+            ctx.new_cert_fp = keys.cert_fingerprint(chain[0])
             audit.emit(
                 "certificate_issued",
                 serial=info.serial_hex,
@@ -272,7 +415,7 @@ class Rotator:
                 not_after=info.not_after.isoformat(),
                 names=list(info.names),
                 key_fingerprint=fingerprint,
-                cert_fingerprint=keys.cert_fingerprint(chain[0]),
+                cert_fingerprint=ctx.new_cert_fp,
                 order_url=issued.order_url,
                 replaces=issued.replaces,
             )
@@ -294,10 +437,13 @@ class Rotator:
                 meta=meta,
             )
             version = store.stage(
-                bundle, extra_meta={"key_fingerprint": fingerprint, "rotation_id": rotation_id}
+                bundle,
+                extra_meta={"key_fingerprint": fingerprint, "rotation_id": ctx.rotation_id},
             )
             previous = store.activate(version)
             ctx.new_version = version
+            ctx.new_bundle = bundle
+            ctx.state = "activated"
             audit.emit(
                 "certificate_activated",
                 serial=info.serial_hex,
@@ -309,61 +455,227 @@ class Rotator:
                 audit.emit(
                     "certificate_superseded", serial=ctx.old[2].serial_hex, version=ctx.old[0].name
                 )
-            outcome = "rotated"
-            error: RotatordError | None = None
+        except (IssuanceError, StoreError, VerificationError, AuditError, ValueError) as exc:
+            ctx.state = "failed"
+            ctx.error = exc
+
+    # ------------------------------------------------------------------ phase 2: deploy
+
+    def _targets_of(self, ctxs: Sequence[_Ctx]) -> list[ReloadTarget]:
+        targets = self.config.reload_targets
+        names = {t for c in ctxs for t in c.spec.reload_targets if t in targets}
+        return sorted((targets[n] for n in names), key=lambda t: (t.order, t.name))
+
+    def _phase_deploy(self, ctxs: Sequence[_Ctx]) -> None:
+        """Outputs and the service's own reload actions, then each shared target once."""
+        for c in ctxs:
+            assert c.new_version is not None and c.new_bundle is not None
             try:
-                self._reload(ctx, version)
+                if c.spec.outputs:
+                    publish_outputs(c.spec.outputs, c.new_bundle, c.new_version.name, self._ops)
+                self._run_actions(c, c.spec.reload, c.new_version, target=None)
+            except (ReloadError, StoreError) as exc:
+                c.deploy_error = exc
+        healthy = [c for c in ctxs if c.deploy_error is None]
+        for target in self._targets_of(healthy):
+            users = [c for c in healthy if target.name in c.spec.reload_targets]
+            try:
+                self._run_actions(
+                    users[0], target.actions, users[0].new_version, target=target.name
+                )
             except ReloadError as exc:
-                error = exc
-                outcome = self._rollback(ctx, exc)
-            self._prune(ctx)
-        except (IssuanceError, StoreError, VerificationError, AuditError) as exc:
-            return self._failed(
-                spec.name, rotation_id, audit, ctx.started, exc, old_serial, ctx, store
+                for c in users:
+                    c.deploy_error = c.deploy_error or exc
+                    if c is not users[0]:
+                        c.audit.emit(
+                            "reload_failed",
+                            target=target.name,
+                            error=str(exc),
+                            returncode=exc.returncode,
+                            timed_out=exc.timed_out,
+                        )
+            else:
+                for c in users[1:]:
+                    c.audit.emit("reload_succeeded", target=target.name, shared=True)
+
+    def _run_actions(
+        self,
+        ctx: _Ctx,
+        actions: Sequence[ReloadAction],
+        version: Version | None,
+        target: str | None,
+    ) -> None:
+        env = reload_env(ctx.store, ctx.spec, version)
+        for action in actions:
+            try:
+                res = self._reloader.run(action, env)
+            except ReloadError as exc:
+                ctx.audit.emit(
+                    "reload_failed",
+                    action=describe(action),
+                    target=target,
+                    returncode=exc.returncode,
+                    timed_out=exc.timed_out,
+                    stderr_tail=exc.stderr_tail[-500:],
+                    error=str(exc),
+                )
+                raise
+            ctx.audit.emit(
+                "reload_succeeded", action=res.action, target=target, returncode=res.returncode
             )
-        if error is not None:
-            return self._failed(
-                spec.name,
-                rotation_id,
-                audit,
-                ctx.started,
-                error,
-                old_serial,
-                ctx,
-                store,
-                outcome=outcome,
-            )
-        result = RotationResult(
-            spec.name,
-            rotation_id,
-            outcome,
-            ctx.reason,
-            old_serial,
-            ctx.new_serial,
-            version.name,
-            duration_ms=(self._clock.monotonic() - ctx.started) * 1000,
-        )
-        store.write_status(
-            {
-                "last_result": outcome,
-                "last_attempt": now.isoformat(),
-                "last_success": now.isoformat(),
-                "last_error": None,
-                "failures": 0,
-                "next_attempt": None,
-                "last_rotation_id": rotation_id,
+
+    # ------------------------------------------------------------------ phase 3: probe
+
+    def _probe(self, ctx: _Ctx, expected: str, phase: str) -> str | None:
+        """Probe every endpoint of the service; returns the first failure, audited."""
+        if self._prober is None:
+            return None
+        for spec in ctx.spec.probes:
+            sni = spec.sni or ctx.spec.domains[0]
+            res = self._prober.probe(spec, sni, expected, ctx.spec.probe_deadline_seconds)
+            fields = {
+                "endpoint": res.endpoint,
+                "sni": sni,
+                "expected_fingerprint": expected,
+                "served_fingerprint": res.served_fingerprint,
+                "attempts": res.attempts,
+                "elapsed_ms": round(res.elapsed_ms, 1),
+                "phase": phase,
             }
+            if not res.ok:
+                ctx.audit.emit("probe_failed", **fields, error=res.error)
+                return f"probe {res.endpoint}: {res.error}"
+            ctx.audit.emit("probe_succeeded", **fields)
+        return None
+
+    def _phase_probe(self, ctxs: Sequence[_Ctx]) -> None:
+        for c in ctxs:
+            assert c.new_cert_fp is not None
+            failure = self._probe(c, c.new_cert_fp, "after_reload")
+            if failure is not None:
+                c.deploy_error = VerificationError(failure)
+
+    # ------------------------------------------------------------------ phase 4: rollback
+
+    def _phase_rollback(self, ctxs: Sequence[_Ctx]) -> None:
+        """Re-activate the previous pair of each failed service, reload, and probe it is served.
+
+        Never re-activates an expired certificate: then the new one stays and an alarm is raised.
+        """
+        rolled: list[_Ctx] = []
+        for c in ctxs:
+            if c.old is None:
+                c.audit.emit("alarm", problem="deployment failed and there is no previous version")
+                continue
+            old_version, old_bundle, old_info = c.old
+            if old_info.not_after <= self._clock.now():
+                c.audit.emit(
+                    "alarm",
+                    problem="deployment failed; previous certificate expired, new one stays",
+                    serial=old_info.serial_hex,
+                )
+                continue
+            try:
+                c.store.activate(old_version)
+                if c.spec.outputs:
+                    publish_outputs(c.spec.outputs, old_bundle, old_version.name, self._ops)
+                self._run_actions(c, c.spec.reload, old_version, target=None)
+                c.rollback_ok = True
+            except (ReloadError, StoreError) as exc:
+                c.rollback_ok = False
+                c.rollback_error = str(exc)
+            c.rolled_back = True
+            rolled.append(c)
+        for target in self._targets_of(rolled):
+            users = [c for c in rolled if target.name in c.spec.reload_targets]
+            try:
+                self._run_actions(
+                    users[0], target.actions, users[0].old[0] if users[0].old else None, target.name
+                )
+            except ReloadError as exc:
+                for c in users:
+                    c.rollback_ok = False
+                    c.rollback_error = str(exc)
+        for c in rolled:
+            assert c.old is not None
+            old_fp = keys.cert_fingerprint(keys.split_pem_chain(c.old[1].cert_pem)[0])
+            failure = self._probe(c, old_fp, "after_rollback")
+            if failure is not None:
+                c.rollback_ok = False
+                c.rollback_error = failure
+            c.audit.emit(
+                "rolled_back",
+                cause=str(c.deploy_error),
+                to_version=c.old[0].name,
+                to_serial=c.old[2].serial_hex,
+                from_serial=c.new_serial,
+                ok=c.rollback_ok,
+                error=c.rollback_error,
+            )
+            if not c.rollback_ok:
+                c.audit.emit(
+                    "alarm", problem="rollback did not restore service", error=c.rollback_error
+                )
+
+    # ------------------------------------------------------------------ finish
+
+    def _finish(self, c: _Ctx) -> RotationResult:
+        if c.state == "not_due":
+            return RotationResult(
+                c.spec.name,
+                c.rotation_id,
+                "not_due",
+                c.reason,
+                c.old_serial,
+                c.old_serial,
+                c.old[0].name if c.old else None,
+            )
+        if c.state == "activated":
+            try:
+                self._prune(c)
+            except AuditError as audit_exc:
+                c.error = audit_exc
+        problem = c.error or c.deploy_error
+        if c.state == "failed" or problem is not None:
+            assert problem is not None
+            outcome = "rolled_back" if c.rolled_back else "failed"
+            return self._failed(c, problem, outcome)
+        assert c.new_version is not None and c.new_info is not None
+        now = c.now or self._clock.now()
+        result = RotationResult(
+            c.spec.name,
+            c.rotation_id,
+            "rotated",
+            c.reason,
+            c.old_serial,
+            c.new_serial,
+            c.new_version.name,
+            duration_ms=(self._clock.monotonic() - c.started) * 1000,
         )
-        audit.emit(
-            "rotation_finished",
-            outcome=outcome,
-            reason=ctx.reason,
-            old_serial=old_serial,
-            new_serial=ctx.new_serial,
-            version=version.name,
-            not_after=info.not_after.isoformat(),
-            duration_ms=round(result.duration_ms, 1),
-        )
+        try:
+            c.store.write_status(
+                {
+                    "last_result": "rotated",
+                    "last_attempt": now.isoformat(),
+                    "last_success": now.isoformat(),
+                    "last_error": None,
+                    "failures": 0,
+                    "next_attempt": None,
+                    "last_rotation_id": c.rotation_id,
+                }
+            )
+            c.audit.emit(
+                "rotation_finished",
+                outcome="rotated",
+                reason=c.reason,
+                old_serial=c.old_serial,
+                new_serial=c.new_serial,
+                version=c.new_version.name,
+                not_after=c.new_info.not_after.isoformat(),
+                duration_ms=round(result.duration_ms, 1),
+            )
+        except (StoreError, AuditError) as exc:
+            log.error("rotation_finish_unrecorded", service=c.spec.name, error=str(exc))
         return result
 
     def _replaces(self, ctx: _Ctx, issuer: Issuer) -> str | None:
@@ -394,52 +706,6 @@ class Rotator:
         )
         return key
 
-    def _reload(self, ctx: _Ctx, version: Version | None) -> None:
-        env = reload_env(ctx.store, ctx.spec, version)
-        for action in ctx.spec.reload:
-            try:
-                res = self._reloader.run(action, env)
-            except ReloadError as exc:
-                ctx.audit.emit(
-                    "reload_failed",
-                    action=describe(action),
-                    returncode=exc.returncode,
-                    timed_out=exc.timed_out,
-                    stderr_tail=exc.stderr_tail[-500:],
-                    error=str(exc),
-                )
-                raise
-            ctx.audit.emit("reload_succeeded", action=res.action, returncode=res.returncode)
-
-    def _rollback(self, ctx: _Ctx, cause: ReloadError) -> str:
-        """Re-activate the previous pair after a failed reload. Returns the outcome."""
-        if ctx.old is None:
-            ctx.audit.emit("alarm", problem="reload failed and there is no previous version")
-            return "failed"
-        old_version, _, old_info = ctx.old
-        if old_info.not_after <= self._clock.now():
-            ctx.audit.emit(
-                "alarm",
-                problem="reload failed; previous certificate expired, so the new one stays",
-                serial=old_info.serial_hex,
-            )
-            return "failed"
-        ctx.store.activate(old_version)
-        try:
-            self._reload(ctx, old_version)
-            reload_ok = True
-        except ReloadError:
-            reload_ok = False
-        ctx.audit.emit(
-            "rolled_back",
-            cause=str(cause),
-            to_version=old_version.name,
-            to_serial=old_info.serial_hex,
-            from_serial=ctx.new_serial,
-            reload_ok=reload_ok,
-        )
-        return "rolled_back"
-
     def _prune(self, ctx: _Ctx) -> None:
         keep = ctx.spec.keep_versions or self.config.daemon.keep_versions
         try:
@@ -450,20 +716,20 @@ class Rotator:
         for v in removed:
             ctx.audit.emit("key_destroyed", version=v.name, why="pruned")
 
+    def _failed_early(
+        self, name: str, rotation_id: str, audit: BoundAudit, started: float, exc: Exception
+    ) -> RotationResult:
+        spec = self.spec(name)
+        ctx = _Ctx(
+            spec=spec, audit=audit, store=self.store(spec), started=started, rotation_id=rotation_id
+        )
+        return self._failed(ctx, exc, "failed", store_ok=False)
+
     def _failed(
-        self,
-        name: str,
-        rotation_id: str,
-        audit: BoundAudit,
-        started: float,
-        exc: Exception,
-        old_serial: str | None,
-        ctx: _Ctx | None,
-        store: ServiceStore | None = None,
-        *,
-        outcome: str = "failed",
+        self, ctx: _Ctx, exc: Exception, outcome: str, *, store_ok: bool = True
     ) -> RotationResult:
         now = self._clock.now()
+        store = ctx.store if store_ok else None
         retryable = getattr(exc, "retryable", True)
         retry_after = getattr(exc, "retry_after", None)
         fields = {
@@ -473,7 +739,7 @@ class Rotator:
             "problem_type": getattr(exc, "problem_type", None),
         }
         failures = 1
-        not_after = ctx.old[2].not_after if ctx and ctx.old else None
+        not_after = ctx.old[2].not_after if ctx.old else None
         if store is not None:
             try:
                 failures = int(store.read_status().get("failures", 0)) + 1
@@ -482,29 +748,30 @@ class Rotator:
         next_at = policy.next_attempt(
             failures, now, not_after, retry_after, self.config.daemon.retry_ladder
         )
-        duration = (self._clock.monotonic() - started) * 1000
+        duration = (self._clock.monotonic() - ctx.started) * 1000
         try:
-            audit.emit(
+            ctx.audit.emit(
                 "rotation_failed",
                 **fields,
                 failures=failures,
                 attempt_at=now.isoformat(),
                 next_attempt=next_at.isoformat(),
             )
-            audit.emit(
+            ctx.audit.emit(
                 "rotation_finished",
                 outcome=outcome,
-                reason=ctx.reason if ctx else "",
-                old_serial=old_serial,
-                new_serial=ctx.new_serial if ctx else None,
+                reason=ctx.reason,
+                old_serial=ctx.old_serial,
+                new_serial=ctx.new_serial,
                 next_attempt=next_at.isoformat(),
                 duration_ms=round(duration, 1),
                 **fields,
             )
         except AuditError as audit_exc:
-            log.error("audit_unwritable", service=name, error=str(audit_exc))
+            log.error("audit_unwritable", service=ctx.spec.name, error=str(audit_exc))
         if store is not None:
             try:
+                last_success = store.read_status().get("last_success")
                 store.write_status(
                     {
                         "last_result": outcome,
@@ -513,20 +780,20 @@ class Rotator:
                         "last_error_retryable": retryable,
                         "failures": failures,
                         "next_attempt": next_at.isoformat(),
-                        "last_rotation_id": rotation_id,
-                        "last_success": store.read_status().get("last_success"),
+                        "last_rotation_id": ctx.rotation_id,
+                        "last_success": last_success,
                     }
                 )
             except StoreError as st_exc:
-                log.error("status_unwritable", service=name, error=str(st_exc))
+                log.error("status_unwritable", service=ctx.spec.name, error=str(st_exc))
         return RotationResult(
-            name,
-            rotation_id,
+            ctx.spec.name,
+            ctx.rotation_id,
             outcome,
-            ctx.reason if ctx else "",
-            old_serial,
-            ctx.new_serial if ctx else None,
-            ctx.new_version.name if ctx and ctx.new_version else None,
+            ctx.reason,
+            ctx.old_serial,
+            ctx.new_serial,
+            ctx.new_version.name if ctx.new_version else None,
             error=str(exc),
             retryable=retryable,
             next_attempt=next_at,

@@ -25,6 +25,9 @@ from rotatord.core.model import (
     Http01Webroot,
     KeyType,
     OutputFormat,
+    OutputSpec,
+    ProbeSpec,
+    ReloadTarget,
     SignalReload,
     SystemdReload,
 )
@@ -51,12 +54,15 @@ def base_config() -> dict[str, Any]:
     return {
         "daemon": {"state_dir": "state", "control_socket": "/tmp/rotatord-test.sock"},
         "acme": {"ca": {"directory": "https://127.0.0.1:14000/dir"}},
+        "reload_targets": {"nginx": {"actions": [{"command": ["/bin/true"]}]}},
         "services": {
             "web": {
                 "domains": ["web.example.test"],
                 "challenge": {"listen": "127.0.0.1:5002"},
                 "reload": [{"command": ["/bin/true"]}],
+                "reload_targets": ["nginx"],
                 "outputs": [{"path": "/srv/out/web.pem", "format": "fullchain"}],
+                "probe": [{"address": "127.0.0.1:8443"}],
             },
         },
     }
@@ -106,6 +112,8 @@ def test_example_config_parses() -> None:
     assert api.key_type is KeyType.ECDSA_P384
     assert api.challenge == Http01Standalone("127.0.0.1", 5002)
     assert web.account == api.account == "pebble"
+    assert dict(config.reload_targets) == {}  # shown commented out only
+    assert web.probes == api.probes == ()
 
 
 def test_base_config_parses_with_defaults(tmp_path: Path) -> None:
@@ -125,6 +133,10 @@ def test_base_config_parses_with_defaults(tmp_path: Path) -> None:
     assert web.renew_before is None
     assert web.reload == (CommandReload(argv=("/bin/true",), timeout_seconds=30.0),)
     assert web.outputs[0].mode == 0o644
+    assert web.outputs[0].password_file is None
+    assert config.reload_targets["nginx"].order == 0
+    assert web.probes == (ProbeSpec(host="127.0.0.1", port=8443),)
+    assert web.probe_deadline_seconds == 15.0
 
 
 def test_zero_services_is_valid(tmp_path: Path) -> None:
@@ -144,6 +156,88 @@ def test_parsed_config_is_read_only(tmp_path: Path) -> None:
     config = parse_config(base_config(), source_in(tmp_path))
     with pytest.raises(TypeError):
         config.services["x"] = config.services["web"]  # type: ignore[index]
+
+
+def test_reload_targets_probes_and_new_outputs_parse_to_model_types(tmp_path: Path) -> None:
+    """Reload targets, probes and pkcs12/directory outputs written in TOML become model objects."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "p12.pass").write_text("never read")
+    path = etc / "rotatord.toml"
+    path.write_text(
+        """
+        [daemon]
+        state_dir = "../state"
+        [acme.ca]
+        directory = "https://ca.example/dir"
+
+        [reload_targets.nginx]
+        order = 10
+        [[reload_targets.nginx.actions]]
+        command = ["/usr/sbin/nginx", "-s", "reload"]
+        [[reload_targets.nginx.actions]]
+        signal = "USR1"
+        pid_file = "run/nginx.pid"
+
+        [reload_targets.haproxy]
+        [[reload_targets.haproxy.actions]]
+        systemd_unit = "haproxy.service"
+        timeout = 20
+
+        [reload_targets.app]
+        order = -5
+        [[reload_targets.app.actions]]
+        command = ["app-reload"]
+
+        [services.web]
+        domains = ["web.example.test"]
+        reload_targets = ["nginx", "haproxy"]
+        probe_deadline = 42.5
+        [[services.web.probe]]
+        address = "[::1]:8443"
+        sni = "Other.Example.TEST"
+        [[services.web.probe]]
+        unix_socket = "run/tls.sock"
+        [[services.web.outputs]]
+        path = "out/web.p12"
+        format = "pkcs12"
+        password_file = "p12.pass"
+        [[services.web.outputs]]
+        path = "out/web"
+        format = "directory"
+        mode = 0o640
+        """
+    )
+    config = load_config(path)
+
+    assert list(config.reload_targets) == ["app", "haproxy", "nginx"]  # by (order, name)
+    assert all(isinstance(t, ReloadTarget) for t in config.reload_targets.values())
+    assert config.reload_targets["nginx"] == ReloadTarget(
+        name="nginx",
+        actions=(
+            CommandReload(("/usr/sbin/nginx", "-s", "reload")),
+            SignalReload(etc / "run" / "nginx.pid", signal.SIGUSR1),
+        ),
+        order=10,
+    )
+    assert config.reload_targets["haproxy"] == ReloadTarget(
+        "haproxy", (SystemdReload("haproxy.service", 20.0),), 0
+    )
+    assert config.reload_targets["app"].order == -5
+
+    web = config.services["web"]
+    assert web.reload_targets == ("nginx", "haproxy")
+    assert web.probe_deadline_seconds == 42.5
+    assert all(isinstance(probe, ProbeSpec) for probe in web.probes)
+    assert web.probes == (
+        ProbeSpec(host="::1", port=8443, unix_socket=None, sni="other.example.test"),
+        ProbeSpec(host=None, port=None, unix_socket=etc / "run" / "tls.sock", sni=None),
+    )
+    assert web.outputs == (
+        OutputSpec(etc / "out" / "web.p12", OutputFormat.PKCS12, 0o600,
+                   password_file=etc / "p12.pass"),
+        OutputSpec(etc / "out" / "web", OutputFormat.DIRECTORY, 0o640),
+    )  # fmt: skip
 
 
 ACCEPTED: Final[list[tuple[KeyPath, object, str, object]]] = [
@@ -192,6 +286,32 @@ ACCEPTED: Final[list[tuple[KeyPath, object, str, object]]] = [
      0o444),
     (("services", "web", "outputs"),
      [{"path": "/o/k.pem", "owner": MY_USER, "group": MY_GROUP}], "outputs.owner", MY_USER),
+    # pkcs12 and directory outputs
+    (("services", "web", "outputs"),
+     [{"path": "/o/w.p12", "format": "pkcs12", "password_file": str(EXAMPLE)}], "outputs.mode",
+     0o600),
+    (("services", "web", "outputs"),
+     [{"path": "/o/w.p12", "format": "pkcs12", "password_file": str(EXAMPLE)}],
+     "outputs.password_file", EXAMPLE),
+    (("services", "web", "outputs"), [{"path": "/o/web", "format": "directory"}],
+     "outputs.mode", 0o600),
+    (("services", "web", "outputs"), [{"path": "/o/web", "format": "directory", "mode": "0640"}],
+     "outputs.mode", 0o640),
+    (("services", "web", "outputs"), [{"path": "/o/web/", "format": "directory"}],
+     "outputs.path", Path("/o/web")),
+    # reload targets, probes
+    (("services", "web", "reload_targets"), [], "reload_targets", ()),
+    (("services", "web", "probe"), [], "probes", ()),
+    (("services", "web", "probe"), [{"address": "[::1]:8443"}], "probes",
+     (ProbeSpec(host="::1", port=8443),)),
+    (("services", "web", "probe"), [{"address": "localhost:443"}], "probes",
+     (ProbeSpec(host="localhost", port=443),)),
+    (("services", "web", "probe"), [{"unix_socket": "/run/app/tls.sock"}], "probes",
+     (ProbeSpec(unix_socket=Path("/run/app/tls.sock")),)),
+    (("services", "web", "probe"), [{"address": "10.0.0.1:443", "sni": "WWW.Example.TEST"}],
+     "probes", (ProbeSpec(host="10.0.0.1", port=443, sni="www.example.test"),)),
+    (("services", "web", "probe_deadline"), 0.5, "probe_deadline_seconds", 0.5),
+    (("services", "web", "probe_deadline"), 600, "probe_deadline_seconds", 600.0),
 ]  # fmt: skip
 
 
@@ -415,7 +535,8 @@ REJECTED: Final[list[tuple[KeyPath, object, str, str]]] = [
     (("services", "web", "outputs"), [{"format": "cert"}], "services.web.outputs[0].path",
      "missing required key"),
     (("services", "web", "outputs"), [{"path": "/o/x.pem", "format": "p12"}],
-     "services.web.outputs[0].format", "fullchain, cert, chain, key, combined, der"),
+     "services.web.outputs[0].format",
+     "fullchain, cert, chain, key, combined, der, pkcs12, directory"),
     (("services", "web", "outputs"), [{"path": "/o/x.pem", "format": "key", "mode": "0644"}],
      "services.web.outputs[0].mode", "nothing to others"),
     (("services", "web", "outputs"),
@@ -439,6 +560,140 @@ REJECTED: Final[list[tuple[KeyPath, object, str, str]]] = [
      "services.web.outputs[1].path", "also written by services.web.outputs[0].path"),
     (("services", "web", "outputs"), [{"path": "state/services/web/x.pem"}],
      "services.web.outputs[0].path", "inside daemon.state_dir"),
+    # pkcs12 outputs: password_file required, must exist, pkcs12 only
+    (("services", "web", "outputs"), [{"path": "/o/w.p12", "format": "pkcs12"}],
+     "services.web.outputs[0].password_file", "missing required key"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/w.p12", "format": "pkcs12", "password_file": "missing.pass"}],
+     "services.web.outputs[0].password_file", "does not exist"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/w.p12", "format": "pkcs12", "password_file": "."}],
+     "services.web.outputs[0].password_file", "not a regular file"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/w.p12", "format": "pkcs12", "password_file": ""}],
+     "services.web.outputs[0].password_file", "must not be empty"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/w.p12", "format": "pkcs12", "password_file": str(EXAMPLE), "mode": "0644"}],
+     "services.web.outputs[0].mode", "nothing to others"),
+    (("services", "web", "outputs"), [{"path": "/o/w.pem", "password_file": str(EXAMPLE)}],
+     "services.web.outputs[0].password_file", "only applies to format = 'pkcs12'"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/web", "format": "directory", "password_file": str(EXAMPLE)}],
+     "services.web.outputs[0].password_file", "not 'directory'"),
+    # directory outputs: key mode, state_dir, nesting with other outputs (either order)
+    (("services", "web", "outputs"), [{"path": "/o/web", "format": "directory", "mode": "0644"}],
+     "services.web.outputs[0].mode", "applies to privkey.pem"),
+    (("services", "web", "outputs"), [{"path": "/o/web", "format": "directory", "mode": 0o601}],
+     "services.web.outputs[0].mode", "nothing to others"),
+    (("services", "web", "outputs"), [{"path": "state/out", "format": "directory"}],
+     "services.web.outputs[0].path", "inside daemon.state_dir"),
+    (("services", "web", "outputs"), [{"path": ".", "format": "directory"}],
+     "services.web.outputs[0].path", "daemon.state_dir"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/web", "format": "directory"}, {"path": "/o/web/x.pem"}],
+     "services.web.outputs[1].path", "directory output of services.web.outputs[0].path"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/web/x.pem"}, {"path": "/o/web", "format": "directory"}],
+     "services.web.outputs[1].path", "written by services.web.outputs[0].path"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/web", "format": "directory"}, {"path": "/o/web/sub", "format": "directory"}],
+     "services.web.outputs[1].path", "directory output of services.web.outputs[0].path"),
+    (("services", "web", "outputs"),
+     [{"path": "/o/web", "format": "directory"}, {"path": "/o/web", "format": "directory"}],
+     "services.web.outputs[1].path", "also written by services.web.outputs[0].path"),
+    # [reload_targets.<name>]
+    (("reload_targets",), ["nginx"], "reload_targets", "must be a table"),
+    (("reload_targets", "nginx"), [], "reload_targets.nginx", "must be a table"),
+    (("reload_targets", "nginx", "ordr"), 1, "reload_targets.nginx.ordr",
+     "did you mean 'order'?"),
+    (("reload_targets", "nginx", "order"), 1001, "reload_targets.nginx.order",
+     "from -1000 to 1000"),
+    (("reload_targets", "nginx", "order"), -1001, "reload_targets.nginx.order",
+     "from -1000 to 1000"),
+    (("reload_targets", "nginx", "order"), "10", "reload_targets.nginx.order", "got a string"),
+    (("reload_targets", "nginx", "order"), True, "reload_targets.nginx.order", "got a boolean"),
+    (("reload_targets", "nginx", "order"), 1.5, "reload_targets.nginx.order", "got a float"),
+    (("reload_targets", "nginx", "actions"), DELETE, "reload_targets.nginx.actions",
+     "missing required key"),
+    (("reload_targets", "nginx", "actions"), [], "reload_targets.nginx.actions",
+     "at least one reload action"),
+    (("reload_targets", "nginx", "actions"), {"command": ["/bin/true"]},
+     "reload_targets.nginx.actions", "array of tables"),
+    (("reload_targets", "nginx", "actions"), [{}], "reload_targets.nginx.actions[0]",
+     "set one of"),
+    (("reload_targets", "nginx", "actions"), [{"command": "nginx -s reload"}],
+     "reload_targets.nginx.actions[0].command", "never a shell string"),
+    (("reload_targets", "nginx", "actions"), [{"signal": "KILL", "pid_file": "/run/x.pid"}],
+     "reload_targets.nginx.actions[0].signal", "cannot be caught"),
+    (("reload_targets", "nginx", "actions"), [{"systemd_unit": "x.service", "env": {"A": "b"}}],
+     "reload_targets.nginx.actions[0].env", "only applies to a 'command'"),
+    (("reload_targets", "nginx", "actions"), [{"command": ["x"], "timeout": 0}],
+     "reload_targets.nginx.actions[0].timeout", "greater than 0"),
+    # services.<svc>.reload_targets
+    (("services", "web", "reload_targets"), "nginx", "services.web.reload_targets",
+     "expected an array"),
+    (("services", "web", "reload_targets"), ["apache"], "services.web.reload_targets[0]",
+     "does not name a [reload_targets.<name>] section; defined: 'nginx'"),
+    (("services", "web", "reload_targets"), ["ngnix"], "services.web.reload_targets[0]",
+     "did you mean 'nginx'?"),
+    (("services", "web", "reload_targets"), ["nginx", "nginx"], "services.web.reload_targets[1]",
+     "listed twice (also at index 0)"),
+    (("services", "web", "reload_targets"), ["nginx", 1], "services.web.reload_targets[1]",
+     "expected a string"),
+    (("services", "web", "reload_targets"), [""], "services.web.reload_targets[0]",
+     "must not be empty"),
+    # services.<svc>.probe_deadline
+    (("services", "web", "probe_deadline"), 0, "services.web.probe_deadline", "greater than 0"),
+    (("services", "web", "probe_deadline"), 601, "services.web.probe_deadline", "at most 600"),
+    (("services", "web", "probe_deadline"), "15", "services.web.probe_deadline",
+     "got a string"),
+    (("services", "web", "probe_deadline"), True, "services.web.probe_deadline",
+     "got a boolean"),
+    (("services", "web", "probe_deadline"), float("nan"), "services.web.probe_deadline", "nan"),
+    # [[services.<svc>.probe]]
+    (("services", "web", "probe"), {"address": "127.0.0.1:8443"}, "services.web.probe",
+     "array of tables"),
+    (("services", "web", "probe"), ["127.0.0.1:8443"], "services.web.probe[0]",
+     "must be a table"),
+    (("services", "web", "probe"), [{}], "services.web.probe[0]", "set one of 'address'"),
+    (("services", "web", "probe"), [{"sni": "web.example.test"}], "services.web.probe[0]",
+     "set one of 'address'"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:8443", "unix_socket": "/run/t.sock"}],
+     "services.web.probe[0]", "exactly one of 'address'"),
+    (("services", "web", "probe"), [{"adress": "127.0.0.1:8443", "unix_socket": "/run/t.sock"}],
+     "services.web.probe[0].adress", "did you mean 'address'?"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1"}], "services.web.probe[0].address",
+     "host:port"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:0"}],
+     "services.web.probe[0].address", "1 to 65535"),
+    (("services", "web", "probe"), [{"address": "::1:443"}], "services.web.probe[0].address",
+     "brackets"),
+    (("services", "web", "probe"), [{"address": "[nope]:443"}], "services.web.probe[0].address",
+     "not an IPv6 address"),
+    (("services", "web", "probe"), [{"address": ":443"}], "services.web.probe[0].address",
+     "missing host"),
+    (("services", "web", "probe"), [{"address": "0.0.0.0:443"}],
+     "services.web.probe[0].address", "cannot be connected to"),
+    (("services", "web", "probe"), [{"address": "[::]:443"}], "services.web.probe[0].address",
+     "cannot be connected to"),
+    (("services", "web", "probe"), [{"address": "bad_host:443"}],
+     "services.web.probe[0].address", "not an IPv4 address or host name"),
+    (("services", "web", "probe"), [{"address": 8443}], "services.web.probe[0].address",
+     "expected a string"),
+    (("services", "web", "probe"), [{"unix_socket": ""}], "services.web.probe[0].unix_socket",
+     "must not be empty"),
+    (("services", "web", "probe"), [{"unix_socket": "/run/" + "s" * 120}],
+     "services.web.probe[0].unix_socket", "107 bytes"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:8443", "sni": "*.example.test"}],
+     "services.web.probe[0].sni", "wildcards are not allowed"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:8443", "sni": "192.0.2.1"}],
+     "services.web.probe[0].sni", "IP address"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:8443", "sni": "bad_name.test"}],
+     "services.web.probe[0].sni", "label"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:8443", "sni": "web.example.test."}],
+     "services.web.probe[0].sni", "dot"),
+    (("services", "web", "probe"), [{"address": "127.0.0.1:8443", "sni": 1}],
+     "services.web.probe[0].sni", "expected a string"),
 ]  # fmt: skip
 
 
@@ -482,6 +737,65 @@ def test_output_clash_is_found_even_when_the_other_service_is_invalid(tmp_path: 
     ]
 
 
+def test_output_inside_another_services_directory_output_is_refused(tmp_path: Path) -> None:
+    """A directory output owns its whole tree, across services too."""
+    data = base_config()
+    data["services"]["web"]["outputs"] = [{"path": "/srv/out", "format": "directory"}]
+    data["services"]["api"] = copy.deepcopy(data["services"]["web"])
+    data["services"]["api"]["outputs"] = [{"path": "/srv/out/api/fullchain.pem"}]
+    problems = problems_of(data, tmp_path)
+    assert paths_of(problems) == ["services.api.outputs[0].path"]
+    assert "services.web.outputs[0].path" in problems[0].message
+
+
+def test_reload_target_names_need_a_defined_section(tmp_path: Path) -> None:
+    """Naming a reload target when no [reload_targets] section exists says none is defined."""
+    data = edited(("reload_targets",), DELETE)
+    problems = problems_of(data, tmp_path)
+    assert paths_of(problems) == ["services.web.reload_targets[0]"]
+    assert "none is defined" in problems[0].message
+
+
+def test_each_bad_reload_target_reference_is_reported(tmp_path: Path) -> None:
+    """Every bad entry of a service's reload_targets is reported, not just the first."""
+    data = edited(("services", "web", "reload_targets"), [1, "nope", "nginx", "nginx", "x"])
+    assert paths_of(problems_of(data, tmp_path)) == [
+        "services.web.reload_targets[0]",
+        "services.web.reload_targets[1]",
+        "services.web.reload_targets[3]",
+        "services.web.reload_targets[4]",
+    ]
+
+
+def test_invalid_target_is_not_also_reported_missing(tmp_path: Path) -> None:
+    """A service naming a target whose own section has problems gets no second problem."""
+    data = edited(("reload_targets", "nginx", "actions"), [{"signal": "HUP"}])
+    assert paths_of(problems_of(data, tmp_path)) == ["reload_targets.nginx.actions[0].pid_file"]
+
+
+def test_pkcs12_password_never_appears_in_errors(tmp_path: Path) -> None:
+    """Neither the password file's content nor a password pasted into the config leaks."""
+    secret = "p12-password-do-not-leak"
+    (tmp_path / "p12.pass").write_text(secret)
+    data = edited(
+        ("services", "web", "outputs"),
+        [
+            {"path": "/o/a.p12", "format": "pkcs12", "password_file": "p12.pass", "mode": "0666"},
+            {"path": "/o/b.p12", "format": "pkcs12", "password": secret},
+            {"path": "/o/c.pem", "password_file": "p12.pass"},
+        ],
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source_in(tmp_path))
+    assert paths_of(info.value.problems) == [
+        "services.web.outputs[0].mode",
+        "services.web.outputs[1].password",
+        "services.web.outputs[1].password_file",
+        "services.web.outputs[2].password_file",
+    ]
+    assert secret not in str(info.value) + repr(info.value.problems)
+
+
 def test_non_string_keys_are_reported(tmp_path: Path) -> None:
     """A mapping with non-string keys (impossible in TOML, possible from Python) is a problem."""
     data: dict[Any, Any] = base_config()
@@ -521,6 +835,25 @@ def test_unsafe_acme_names_are_refused(tmp_path: Path, name: str) -> None:
     problems = problems_of(data, tmp_path)
     assert paths_of(problems)[0] == 'acme."' + name + '"'
     assert "invalid [acme.<name>] name" in problems[0].message
+
+
+@pytest.mark.parametrize("name", ["../x", ".hidden", "a/b", "we b", "a" * 64])
+def test_unsafe_reload_target_names_are_refused(tmp_path: Path, name: str) -> None:
+    """Reload target names follow the same safe-name rule as services and accounts."""
+    data = base_config()
+    data["reload_targets"][name] = data["reload_targets"].pop("nginx")
+    data["services"]["web"]["reload_targets"] = [name]
+    problems = problems_of(data, tmp_path)
+    assert len(problems) == 1
+    assert problems[0].path.startswith("reload_targets.")
+    assert "invalid [reload_targets.<name>] name" in problems[0].message
+
+
+@pytest.mark.parametrize("order", [-1000, -1, 0, 1000])
+def test_reload_target_order_accepts_its_whole_range(tmp_path: Path, order: int) -> None:
+    """Any integer order from -1000 to 1000 is kept as given."""
+    data = edited(("reload_targets", "nginx", "order"), order)
+    assert parse_config(data, source_in(tmp_path)).reload_targets["nginx"].order == order
 
 
 @pytest.mark.parametrize("name", ["web", "Web-1", "a.b_c-d", "0", "a" * 63])
@@ -662,11 +995,14 @@ _SCHEMA_KEYS: Final = [
     "hmac_key_file", "domains", "account", "key_type", "reuse_key", "renew_before", "key_group",
     "challenge", "type", "listen", "webroot", "reload", "command", "env", "signal", "pid_file",
     "systemd_unit", "outputs", "path", "format", "mode", "owner", "group", "web", "ca", "..",
+    "reload_targets", "order", "actions", "nginx", "probe", "probe_deadline", "address",
+    "unix_socket", "sni", "password_file",
 ]  # fmt: skip
 _PLAUSIBLE: Final = [
     "127.0.0.1:80", "[::1]:80", "web.example.test", "*.example.test", "HUP", "KILL", "0640",
     "10d", "https://127.0.0.1/dir", "http://x/dir", "key", "combined", "http-01", "/tmp/x", ".",
-    "mailto:a@b", "root", "ecdsa-p384", "nginx.service", "a\x00b",
+    "mailto:a@b", "root", "ecdsa-p384", "nginx.service", "a\x00b", "pkcs12", "directory", "nginx",
+    "0.0.0.0:443", "[::]:443", "/", "state",
 ]  # fmt: skip
 _TEXT: Final = st.text(st.characters(exclude_categories=()), max_size=12)
 _KEYS: Final = st.sampled_from(_SCHEMA_KEYS) | _TEXT
@@ -710,7 +1046,9 @@ _MUTATED_BASE: Final = st.builds(
     _mutate,
     st.sampled_from(_BASE_PATHS),
     _VALUES | st.just(DELETE),
-    st.dictionaries(st.sampled_from(["daemon", "acme", "services", "x"]), _VALUES, max_size=1),
+    st.dictionaries(
+        st.sampled_from(["daemon", "acme", "reload_targets", "services", "x"]), _VALUES, max_size=1
+    ),
 )
 
 

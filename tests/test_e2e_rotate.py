@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +16,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from pebble import PebbleServer
 from rotatord.observe.audit import verify_chain
+from tests.servers import Nginx, require_binary, served_serial, wait_for_serial
 
 pytestmark = pytest.mark.pebble
 
@@ -147,98 +144,9 @@ def test_rotate_not_due_is_a_noop(pebble_server: PebbleServer, short_tmp: Path) 
 # ---------------------------------------------------------------------------------- nginx
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def served_serial(port: int, sni: str) -> int | None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
-            ctx.wrap_socket(raw, server_hostname=sni) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except OSError:
-        return None
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-def wait_for_serial(port: int, sni: str, want: int, deadline_s: float = 15.0) -> int | None:
-    """Poll handshakes until ``want`` is served or the deadline passes (nginx reloads lazily)."""
-    end = time.monotonic() + deadline_s
-    got = served_serial(port, sni)
-    while got != want and time.monotonic() < end:
-        time.sleep(0.05)
-        got = served_serial(port, sni)
-    return got
-
-
 @pytest.fixture
 def nginx_binary() -> str:
-    path = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(path):
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is not installed; CI must install it")
-        pytest.skip("nginx not installed")
-    return path
-
-
-class Nginx:
-    def __init__(self, binary: str, prefix: Path, port: int, cert_dir: Path) -> None:
-        self.binary, self.prefix, self.port = binary, prefix, port
-        self.conf = prefix / "nginx.conf"
-        for d in ("logs", "tmp"):
-            (prefix / d).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            f"""
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name web.example.test;
-        ssl_certificate {cert_dir}/fullchain.pem;
-        ssl_certificate_key {cert_dir}/privkey.pem;
-        return 200 "ok\\n";
-    }}
-}}
-"""
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def argv(self, *extra: str) -> list[str]:
-        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), *extra]
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        end = time.monotonic() + 10
-        while served_serial(self.port, "web.example.test") is None:
-            if self.proc.poll() is not None or time.monotonic() > end:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"nginx did not start: {err}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+    return require_binary("nginx")
 
 
 @pytest.fixture
@@ -254,8 +162,10 @@ def test_nginx_serves_new_serial_after_rotate(
 ) -> None:
     """After `rotatord rotate` with an nginx reload action, a TLS handshake gets the new serial."""
     state = short_tmp / "state"
-    port = free_port()
-    nginx = Nginx(nginx_binary, short_tmp / "nginx", port, state / "services" / "web" / "current")
+    nginx = Nginx(
+        nginx_binary, short_tmp / "nginx", {"web.example.test": state / "services/web/current"}
+    )
+    port = nginx.port
     reload = f"""
 [[services.web.reload]]
 command = {json.dumps(nginx.argv("-s", "reload"))}

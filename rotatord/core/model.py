@@ -141,6 +141,15 @@ class OutputFormat(enum.Enum):
     KEY = "key"  # private key, PEM
     COMBINED = "combined"  # key + leaf + chain in one PEM (HAProxy)
     DER = "der"  # leaf, DER
+    PKCS12 = "pkcs12"  # key + leaf + chain, password from ``password_file``
+    # A directory ``path`` holding versions of privkey.pem/cert.pem/chain.pem/fullchain.pem and a
+    # ``current`` symlink flipped in one rename: key and cert as two files, never mismatched.
+    DIRECTORY = "directory"
+
+
+SECRET_FORMATS = frozenset(
+    {OutputFormat.KEY, OutputFormat.COMBINED, OutputFormat.PKCS12, OutputFormat.DIRECTORY}
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,29 @@ class OutputSpec:
     mode: int = 0o600
     owner: str | None = None
     group: str | None = None
+    password_file: Path | None = None  # PKCS#12 only; its content is never logged
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """A TLS endpoint that must serve the new certificate after the reload.
+
+    Exactly one of ``host``+``port`` or ``unix_socket``; ``sni`` defaults to the first domain.
+    """
+
+    host: str | None = None
+    port: int | None = None
+    unix_socket: Path | None = None
+    sni: str | None = None
+
+
+@dataclass(frozen=True)
+class ReloadTarget:
+    """A program several services share (one nginx): reloaded once per batch, in ``order``."""
+
+    name: str
+    actions: tuple[ReloadAction, ...]
+    order: int = 0
 
 
 # --------------------------------------------------------------------------- services
@@ -170,6 +202,9 @@ class ServiceSpec:
     outputs: tuple[OutputSpec, ...] = ()
     key_group: str | None = None  # when set, privkey.pem is 0640 with this group
     keep_versions: int | None = None  # None: the daemon default
+    reload_targets: tuple[str, ...] = ()  # names of [reload_targets.<name>]
+    probes: tuple[ProbeSpec, ...] = ()
+    probe_deadline_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -178,6 +213,9 @@ class Config:
     daemon: DaemonSpec
     acme: Mapping[str, AcmeSpec]
     services: Mapping[str, ServiceSpec]
+    reload_targets: Mapping[str, ReloadTarget] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 # --------------------------------------------------------------------------- certificates

@@ -82,6 +82,13 @@ class NewOrderWithReplaces(messages.NewOrder):
     replaces: str = jose_field("replaces", omitempty=True)
 
 
+def problem_code(exc: messages.Error) -> str | None:
+    """The RFC 8555 error name (``badNonce``) of a problem. acme's ``Error.code`` only knows
+    the names of its own release (no ``alreadyReplaced``), so read the URN ourselves."""
+    typ = str(exc.typ or "")
+    return typ[len(ERROR_PREFIX) :] if typ.startswith(ERROR_PREFIX) else None
+
+
 def _parse_retry_after(value: str | None, now: datetime) -> datetime | None:
     if not value:
         return None
@@ -129,7 +136,7 @@ class _Network(ClientNetwork):
             try:
                 return self._post_once(*args, **kwargs)
             except messages.Error as error:
-                if error.code != "badNonce":
+                if problem_code(error) != "badNonce":
                     raise
         return self._post_once(*args, **kwargs)
 
@@ -139,7 +146,7 @@ def translate(exc: BaseException, net: _Network | None, what: str) -> IssuanceEr
     retry_after = net.last_retry_after if net else None
     status = net.last_status if net else None
     if isinstance(exc, messages.Error):
-        code = exc.code
+        code = problem_code(exc)
         return IssuanceError(
             f"{what}: {exc.typ}: {exc.detail or ''}".rstrip(": "),
             retryable=code not in PERMANENT_PROBLEMS,
@@ -333,8 +340,9 @@ class AcmeIssuer:
         try:
             return fn()
         except messages.Error as exc:
-            if exc.code not in ("accountDoesNotExist", "unauthorized") or (
-                exc.code == "unauthorized" and "account" not in (exc.detail or "").lower()
+            code = problem_code(exc)
+            if code not in ("accountDoesNotExist", "unauthorized") or (
+                code == "unauthorized" and "account" not in (exc.detail or "").lower()
             ):
                 raise
             log.warning("acme_account_unknown", account=self.spec.name, problem=exc.typ)
@@ -391,7 +399,7 @@ class AcmeIssuer:
         except messages.Error as exc:
             # RFC 9773 §5: the CA may refuse `replaces` (the cert was already replaced, or the
             # CA does not like the field). Renewing matters more than the hint: retry once bare.
-            if replaces is None or exc.code not in ("alreadyReplaced", "malformed"):
+            if replaces is None or problem_code(exc) not in ("alreadyReplaced", "malformed"):
                 raise
             log.warning(
                 "acme_replaces_refused", account=self.spec.name, problem=exc.typ, replaces=replaces
@@ -535,7 +543,7 @@ class AcmeIssuer:
                         new_nonce_url=client.directory["newNonce"],
                     )
                 except messages.Error as exc:
-                    if exc.code != "orderNotReady":
+                    if problem_code(exc) != "orderNotReady":
                         raise
                 else:
                     finalized = True

@@ -9,6 +9,7 @@ the others beyond the pool's capacity.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,6 +20,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 class Scheduler:
     def __init__(self, max_workers: int, run: Callable[[str, str], None]) -> None:
         self._run = run
+        # Jobs reschedule themselves when they finish. APScheduler's shutdown(wait=True) holds
+        # its own lock while joining the workers, so a job calling add_job then would deadlock
+        # it; this lock and flag make (re)scheduling a no-op once shutdown has begun.
+        self._lock = threading.Lock()
+        self._closing = False
         self._sched = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=max_workers)},
@@ -30,20 +36,33 @@ class Scheduler:
 
     def schedule(self, name: str, at: datetime, trigger: str) -> None:
         """(Re)place the service's one pending job at ``at``; a past ``at`` runs at once."""
-        self._sched.add_job(
-            self._run,
-            trigger="date",
-            run_date=at,
-            id=name,
-            name=name,
-            args=[name, trigger],
-            replace_existing=True,
-        )
+        with self._lock:
+            if self._closing:
+                return
+            self._sched.add_job(
+                self._run,
+                trigger="date",
+                run_date=at,
+                id=name,
+                name=name,
+                args=[name, trigger],
+                replace_existing=True,
+            )
+
+    def submit(self, job_id: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once, as soon as a worker is free."""
+        with self._lock:
+            if self._closing:
+                return
+            self._sched.add_job(fn, trigger="date", id=job_id, name=job_id, replace_existing=True)
 
     def remove(self, name: str) -> None:
-        job = self._sched.get_job(name)
-        if job is not None:
-            job.remove()
+        with self._lock:
+            if self._closing:
+                return
+            job = self._sched.get_job(name)
+            if job is not None:
+                job.remove()
 
     def pending(self) -> dict[str, datetime]:
         return {
@@ -54,5 +73,7 @@ class Scheduler:
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking new jobs; with ``wait`` let in-flight rotations finish."""
+        with self._lock:
+            self._closing = True
         if self._sched.running:
             self._sched.shutdown(wait=wait)

@@ -1,0 +1,183 @@
+"""Per-consumer outputs rendered from a version: fixed-path PEM/DER/PKCS#12 files and versioned
+directories, each with its own owner, group and mode from the first byte.
+
+Single files are replaced with one rename (temp file O_EXCL in the same directory, owner and mode
+set before any byte, fsync, rename, fsync the directory). A consumer that reads a key and a
+certificate as two files gets a ``directory`` output: a complete version directory and a
+``current`` symlink flipped in one rename, so it can never pair a new certificate with an old key.
+
+Rules: never write through a planted symlink or into a hard-linked file; never log a key or a
+PKCS#12 password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from rotatord.core import keys
+from rotatord.core.errors import StoreError
+from rotatord.core.model import OutputFormat, OutputSpec
+from rotatord.fsutil import (
+    DEFAULT_OPS,
+    TEMP_PREFIX,
+    FsOps,
+    atomic_write,
+    ensure_tree,
+    read_file_nofollow,
+    temp_name,
+    write_new_file,
+)
+from rotatord.store import Bundle
+
+_VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}(?:\.\d+)?$")
+DIRECTORY_KEEP = 2  # current + the one before it, for readers that still hold the old path
+
+
+def owner_ids(spec: OutputSpec) -> tuple[int, int]:
+    try:
+        uid = pwd.getpwnam(spec.owner).pw_uid if spec.owner else -1
+        gid = grp.getgrnam(spec.group).gr_gid if spec.group else -1
+    except KeyError as exc:
+        raise StoreError(f"{spec.path}: unknown owner or group ({exc})") from exc
+    return uid, gid
+
+
+def render(spec: OutputSpec, bundle: Bundle) -> bytes:
+    """The bytes of a single-file output. Secret for key, combined and pkcs12 formats."""
+    fmt = spec.format
+    if fmt is OutputFormat.FULLCHAIN:
+        return bundle.fullchain_pem
+    if fmt is OutputFormat.CERT:
+        return bundle.cert_pem
+    if fmt is OutputFormat.CHAIN:
+        return bundle.chain_pem
+    if fmt is OutputFormat.KEY:
+        return bundle.key_pem
+    if fmt is OutputFormat.COMBINED:
+        return bundle.key_pem + bundle.fullchain_pem
+    certs = keys.split_pem_chain(bundle.fullchain_pem)
+    if fmt is OutputFormat.DER:
+        return certs[0].public_bytes(serialization.Encoding.DER)
+    if fmt is OutputFormat.PKCS12:
+        if spec.password_file is None:
+            raise StoreError(f"{spec.path}: pkcs12 output needs a password_file")
+        try:
+            password = read_file_nofollow(spec.password_file, limit=4096).rstrip(b"\r\n")
+        except OSError as exc:
+            raise StoreError(f"{spec.password_file}: cannot read: {exc.strerror}") from exc
+        key = keys.load_private_key(bundle.key_pem)
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(password)
+            if password
+            else serialization.NoEncryption()
+        )
+        return pkcs12.serialize_key_and_certificates(
+            b"rotatord", key, certs[0], certs[1:] or None, encryption
+        )
+    raise StoreError(f"{spec.path}: format {fmt.value} is not a single file")
+
+
+def _publish_directory(
+    spec: OutputSpec, bundle: Bundle, version: str, uid: int, gid: int, ops: FsOps
+) -> None:
+    root = spec.path
+    ensure_tree(root, 0o755, ops)
+    target = root / version
+    if not os.path.isdir(target):
+        tmp = root / temp_name()
+        try:
+            ops.mkdir(tmp, 0o755)
+            if uid != -1 or gid != -1:
+                os.chown(tmp, uid, gid, follow_symlinks=False)
+            files = (
+                ("privkey.pem", bundle.key_pem, spec.mode),
+                ("cert.pem", bundle.cert_pem, 0o644),
+                ("chain.pem", bundle.chain_pem, 0o644),
+                ("fullchain.pem", bundle.fullchain_pem, 0o644),
+            )
+            for name, data, mode in files:
+                write_new_file(tmp / name, data, mode, ops, uid, gid)
+            ops.fsync_dir(tmp)
+            ops.rename(tmp, target)
+            ops.fsync_dir(root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"{root}: cannot publish version: {exc.strerror or exc}") from exc
+    link = root / "current"
+    if os.path.lexists(link) and not os.path.islink(link):
+        raise StoreError(f"{link}: is not a symlink; refusing to replace it")
+    tmp_link = root / temp_name(".current" + TEMP_PREFIX)
+    try:
+        ops.symlink(version, tmp_link)
+        ops.replace(tmp_link, link)
+        ops.fsync_dir(root)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_link)
+        raise StoreError(f"{link}: cannot switch: {exc.strerror or exc}") from exc
+    _prune_directory(root, version)
+
+
+def _prune_directory(root: Path, current: str) -> None:
+    versions = sorted(e for e in os.listdir(root) if _VERSION_RE.match(e))
+    keep = set(versions[-DIRECTORY_KEEP:]) | {current}
+    for name in versions:
+        if name not in keep:
+            key = root / name / "privkey.pem"
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(key, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"\0" * os.fstat(fd).st_size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+def publish(
+    outputs: Sequence[OutputSpec], bundle: Bundle, version: str, ops: FsOps = DEFAULT_OPS
+) -> list[str]:
+    """Publish every output of one version; returns the paths written. StoreError on failure
+    (outputs already replaced stay replaced: the caller rolls back by publishing the old one)."""
+    written: list[str] = []
+    for spec in outputs:
+        uid, gid = owner_ids(spec)
+        if spec.format is OutputFormat.DIRECTORY:
+            _publish_directory(spec, bundle, version, uid, gid, ops)
+        else:
+            if not spec.path.parent.exists():
+                ensure_tree(spec.path.parent, 0o755, ops)
+            try:
+                atomic_write(spec.path, render(spec, bundle), spec.mode, ops, uid, gid)
+            except OSError as exc:
+                raise StoreError(f"{spec.path}: cannot write: {exc.strerror or exc}") from exc
+        written.append(str(spec.path))
+    return written
+
+
+def served_leaf(spec: OutputSpec) -> x509.Certificate | None:
+    """The leaf certificate an output currently holds (for tests and status)."""
+    try:
+        if spec.format is OutputFormat.DIRECTORY:
+            data = read_file_nofollow(spec.path / "current" / "cert.pem")
+        else:
+            data = read_file_nofollow(spec.path)
+    except (OSError, StoreError):
+        return None
+    if spec.format is OutputFormat.DER:
+        return x509.load_der_x509_certificate(data)
+    if spec.format is OutputFormat.PKCS12:
+        return None
+    certs = x509.load_pem_x509_certificates(data) if b"CERTIFICATE" in data else []
+    return certs[0] if certs else None
