@@ -13,7 +13,10 @@ ARI code against a real ACME server:
   (or :meth:`AriProxy.set_default_window`), 404 otherwise; every query is recorded;
 - POSTs to the newOrder URL have their ``replaces`` value recorded, and
   :attr:`AriProxy.replaces_mode` can make orders carrying ``replaces`` fail with
-  ``alreadyReplaced`` (409) or ``malformed`` (400).
+  ``alreadyReplaced`` (409) or ``malformed`` (400);
+- :attr:`AriProxy.before_forward`, a fault-injection hook, sees every request first and may make
+  the proxy answer a ``serverInternal`` error, hang up without answering, or act at that exact
+  moment (stop Pebble mid-order, sleep past the client's timeout).
 
 It listens on 127.0.0.1 only, with Pebble's listener certificate (valid for ``127.0.0.1`` and
 ``localhost``), so a client that trusts ``pebble.ca_bundle`` trusts the proxy too.
@@ -48,12 +51,19 @@ from cryptography import x509
 
 from pebble.runner import CERT_NAME, KEY_NAME, LOOPBACK, PebbleServer
 
-__all__ = ["AriProxy", "ReplacesMode", "cert_id"]
+__all__ = ["DROP", "AriProxy", "BeforeForward", "ReplacesMode", "cert_id"]
 
 #: What the proxy does with a new order that carries ``replaces``.
 ReplacesMode = Literal["accept", "already_replaced", "reject"]
 #: A test hook giving the window for a certID without an explicit one (``None``: unknown).
 DefaultWindow = Callable[[str], tuple[datetime, datetime] | None]
+#: A test hook run for every request before the proxy handles it: ``(method, path)`` → ``None``
+#: to go on as usual, an HTTP status to answer a ``serverInternal`` problem with that status
+#: instead, or :data:`DROP` to close the connection without any answer (see
+#: :attr:`AriProxy.before_forward`).
+BeforeForward = Callable[[str, str], int | None]
+#: What a :data:`BeforeForward` hook returns to make the proxy hang up without answering.
+DROP: Final = 0
 
 RENEWAL_INFO_PATH: Final = "/renewal-info"
 DIRECTORY_PATH: Final = "/dir"
@@ -285,6 +295,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
+        if self._intercepted(path):
+            return
 
         if path == RENEWAL_INFO_PATH or path.startswith(RENEWAL_INFO_PATH + "/"):
             self._renewal_info(path.removeprefix(RENEWAL_INFO_PATH).removeprefix("/"))
@@ -309,6 +321,22 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
         self._forward(body if length or self.command == "POST" else None, path)
+
+    def _intercepted(self, path: str) -> bool:
+        """Run the test hook :attr:`AriProxy.before_forward`; True when it answered instead."""
+        hook = self.server.proxy.before_forward
+        if hook is None:
+            return False
+        verdict = hook(self.command, path)
+        if verdict is None:
+            return False
+        if verdict == DROP:
+            self.close_connection = True  # finish_request closes the socket: the peer sees EOF
+            return True
+        self._send_problem(
+            verdict, "serverInternal", f"AriProxy test hook answered {verdict}", nonce=True
+        )
+        return True
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -399,7 +427,9 @@ class AriProxy:
     A context manager (``with AriProxy(pebble) as proxy: ...``) or :meth:`start`/:meth:`stop`.
     Point the client at :attr:`directory_url` and let it trust :attr:`ca_bundle`.
 
-    Test controls: :meth:`set_window`, :meth:`set_default_window`, :attr:`replaces_mode`.
+    Test controls: :meth:`set_window`, :meth:`set_default_window`, :attr:`replaces_mode`,
+    :attr:`before_forward` (fault injection: answer an error, hang up, or act, e.g. stop Pebble,
+    at a chosen request).
     Records (appended under a lock, safe to read from the test thread): :attr:`ari_queries` (the
     certID of every renewalInfo GET, known or not) and :attr:`replaces_seen` (``replaces`` of
     every newOrder POST, ``None`` when absent; a client's badNonce retry is a second POST and
@@ -422,6 +452,10 @@ class AriProxy:
         self._upstream: _Upstream | None = None
         self._new_order_path = ""
         self._new_nonce_path = ""
+        #: Fault-injection hook, ``None`` by default (see :data:`BeforeForward`). It runs in a
+        #: handler thread for every request, ARI ones included, before anything else is done;
+        #: a test may block in it (e.g. to stop Pebble) or sleep in it (to make a client time out).
+        self.before_forward: BeforeForward | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 

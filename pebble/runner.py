@@ -417,16 +417,7 @@ class PebbleServer:
         """
         if not self.running:
             raise RuntimeError("PebbleServer is not running")
-        pebble_bin = _require_binary(PEBBLE_BINARY)
-        failure = ""
-        for _attempt in range(START_ATTEMPTS):
-            self._stop_pebble()
-            self._start_pebble(pebble_bin)
-            failure = self._wait_ready(check_challtestsrv=False)
-            if not failure:
-                return
-        self._stop_pebble()
-        raise RuntimeError(self._startup_error(failure, START_ATTEMPTS, action="restart"))
+        self._restart_pebble("restart")
 
     def pause(self) -> None:
         """Stop Pebble only, keeping its ports reserved for :meth:`resume` (the CA looks down)."""
@@ -441,6 +432,9 @@ class PebbleServer:
         """
         if self._ports is None:
             raise RuntimeError("PebbleServer is not running")
+        self._restart_pebble("resume")
+
+    def _restart_pebble(self, action: str) -> None:
         pebble_bin = _require_binary(PEBBLE_BINARY)
         failure = ""
         for _attempt in range(START_ATTEMPTS):
@@ -450,7 +444,7 @@ class PebbleServer:
             if not failure:
                 return
         self._stop_pebble()
-        raise RuntimeError(self._startup_error(failure, START_ATTEMPTS, action="resume"))
+        raise RuntimeError(self._startup_error(failure, START_ATTEMPTS, action=action))
 
     @property
     def running(self) -> bool:

@@ -241,22 +241,10 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
     names = list(args.services) or list(config.services)
     rotator = build_rotator(config)
     for n in names:
-        spec = rotator.spec(n)
-        store = rotator.store(spec)
-        if not store.dir.exists():
+        report = recover_service(rotator, n, rotator.audit, thorough=True)
+        if report is None:
             print(f"{n}: nothing on disk")
             continue
-        with store.lock():
-            report = store.recover()
-        if report.removed_temp or report.removed_incomplete or report.repointed_current:
-            rotator.audit.emit(
-                "store_recovered",
-                service=n,
-                removed_temp=list(report.removed_temp),
-                removed_incomplete=list(report.removed_incomplete),
-                repointed_current=report.repointed_current,
-                current=report.current,
-            )
         print(
             f"{n}: current={report.current} removed_temp={len(report.removed_temp)} "
             f"removed_incomplete={len(report.removed_incomplete)} "

@@ -47,7 +47,7 @@ from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.issuing import Issuer
 from rotatord.observe.audit import AuditSink, BoundAudit
 from rotatord.observe.logging import get_logger
-from rotatord.store import Bundle, ServiceStore, Version
+from rotatord.store import Bundle, RecoveryReport, ServiceStore, Version
 
 log = get_logger("rotatord.rotation")
 
@@ -843,12 +843,13 @@ def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]
 
 def recover_service(
     rotator: Rotator, name: str, audit: AuditSink, *, thorough: bool = True
-) -> None:
-    """Startup recovery for one service under its lock; audited when it changed anything."""
+) -> RecoveryReport | None:
+    """Recovery of one service under its lock; audited when it changed anything. None when the
+    service has nothing on disk yet."""
     spec = rotator.spec(name)
     store = rotator.store(spec)
     if not store.dir.exists():
-        return
+        return None
     with store.lock():
         report = store.recover(thorough=thorough)
     if report.removed_temp or report.removed_incomplete or report.repointed_current:
@@ -860,3 +861,4 @@ def recover_service(
             repointed_current=report.repointed_current,
             current=report.current,
         )
+    return report

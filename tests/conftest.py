@@ -16,6 +16,7 @@ from typing import Unpack
 import pytest
 
 from pebble import PebbleFactory, PebbleOptions, PebbleServer, pebble_available
+from tests.daemon_harness import DaemonProcess
 
 # --------------------------------------------------------------------------------------------
 # Pebble
@@ -77,3 +78,17 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# rotatord daemons
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemons a test started (append them); any still running at teardown are killed."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()

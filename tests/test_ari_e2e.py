@@ -30,14 +30,6 @@ def proxy(pebble_server: PebbleServer) -> Iterator[AriProxy]:
         yield p
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def setup_issued(
     proxy: AriProxy, pebble: PebbleServer, tmp: Path
 ) -> tuple[Path, Path, x509.Certificate]:

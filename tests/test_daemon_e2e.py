@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import signal
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -25,15 +24,6 @@ from tests.daemon_harness import (
 )
 
 pytestmark = pytest.mark.pebble
-
-
-@pytest.fixture
-def daemons(short_tmp: Path) -> Iterator[list[DaemonProcess]]:
-    """Daemons a test started; any still running at teardown are killed."""
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def start_daemon(config: Path, workdir: Path, daemons: list[DaemonProcess]) -> DaemonProcess:

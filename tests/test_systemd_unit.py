@@ -29,7 +29,7 @@ INSTALLED_BINARY = "/usr/local/bin/rotatord"
 MAX_EXPOSURE = 2.0
 # `security --offline=` first shipped in systemd 250.
 MIN_SYSTEMD_VERSION = 250
-REQUIRED_CAPABILITIES = {"CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_FOWNER", "CAP_KILL"}
+REQUIRED_CAPABILITIES = {"CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_KILL"}
 # Plain ASCII, no colours, no pager, whatever the caller's terminal and locale are.
 ANALYZE_ENV = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "LC_ALL": "C"}
 

@@ -97,9 +97,9 @@ def _publish_directory(
     if not os.path.isdir(target):
         tmp = root / temp_name()
         try:
+            # The version directory stays ours (so we can prune it); only the files inside get
+            # the consumer's owner. 0755 lets the consumer traverse it.
             ops.mkdir(tmp, 0o755)
-            if uid != -1 or gid != -1:
-                os.chown(tmp, uid, gid, follow_symlinks=False)
             files = (
                 ("privkey.pem", bundle.key_pem, spec.mode),
                 ("cert.pem", bundle.cert_pem, 0o644),
@@ -135,7 +135,9 @@ def _prune_directory(root: Path, current: str) -> None:
     for name in versions:
         if name not in keep:
             key = root / name / "privkey.pem"
-            with contextlib.suppress(FileNotFoundError):
+            # Best effort: the key belongs to the consumer; without CAP_DAC_OVERRIDE we may not
+            # be allowed to overwrite it, but we can always unlink it from our own directory.
+            with contextlib.suppress(OSError):
                 fd = os.open(key, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     os.write(fd, b"\0" * os.fstat(fd).st_size)
