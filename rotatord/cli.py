@@ -127,18 +127,13 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
             print(f"rotate: unknown service {n!r} (not in {config.source})", file=sys.stderr)
             return EXIT_USAGE
     if not args.local:
-        results: list[dict[str, Any]] = []
-        for n in names:
-            reply = _daemon_request(config, {"verb": "rotate", "service": n, "force": args.force})
-            if reply is None:
-                break
+        reply = _daemon_request(config, {"verb": "rotate", "services": names, "force": args.force})
+        if reply is not None:
             if "results" not in reply:
                 print(f"rotate: daemon refused: {reply.get('error')}", file=sys.stderr)
                 return EXIT_FAILED
-            results.extend(reply["results"])
-        else:
             print(f"# done by the running daemon ({config.daemon.control_socket})")
-            return _print_results(results)
+            return _print_results(reply["results"])
         print(
             f"# no daemon listening on {config.daemon.control_socket}; rotating in this process",
             file=sys.stderr,

@@ -455,7 +455,7 @@ class Daemon:
                     continue
                 try:
                     plan = self.plan(name, ignore_retry=ignore_retry)
-                except Exception as exc:
+                except Exception as exc:  # one bad service must not stop the batch
                     log.exception("plan_failed", service=name, error=str(exc))
                     continue
                 if plan.at <= self.clock.now():
@@ -465,7 +465,7 @@ class Daemon:
                 results = self.rotator.rotate_batch(due, trigger=trigger, ari_times=ari)
                 for r in results:
                     log.info("batch_rotation", service=r.service, outcome=r.outcome)
-        except Exception as exc:
+        except Exception as exc:  # a job must never kill the scheduler's worker
             log.exception("batch_crashed", error=str(exc))
         finally:
             for name in names:
@@ -480,12 +480,12 @@ class Daemon:
                 return
             plan = self.plan(name, ignore_retry=trigger == Trigger.CONFIG_CHANGE.value)
             if plan.at <= self.clock.now():
-                trig = Trigger(trigger) if trigger != Trigger.SCHEDULE.value else Trigger.SCHEDULE
-                if plan.why in ("ari_window", "emergency") and trig is Trigger.SCHEDULE:
-                    trig = Trigger.ARI
+                trig = Trigger(trigger)
+                if trig is Trigger.SCHEDULE and plan.why in ("ari_window", "emergency"):
+                    trig = Trigger.ARI  # the CA's window, not our own clock, chose this moment
                 result = self.rotator.rotate(name, trigger=trig, ari_time=plan.ari_time)
                 log.info("scheduled_rotation", service=name, outcome=result.outcome, why=plan.why)
-        except Exception as exc:
+        except Exception as exc:  # a job must never kill the scheduler's worker
             log.exception("job_crashed", service=name, error=str(exc))
         finally:
             self._schedule_next(name)
@@ -496,7 +496,7 @@ class Daemon:
         now = self.clock.now()
         try:
             plan = self.plan(name)
-        except Exception as exc:
+        except Exception as exc:  # keep the service scheduled whatever happened
             log.exception("plan_failed", service=name, error=str(exc))
             plan = Plan(now + HOT_LOOP_GUARD, "plan_error")
         if plan.at <= now:
@@ -539,7 +539,13 @@ class Daemon:
         return {"ok": False, "error": f"unknown verb {verb!r}"}
 
     def _control_rotate(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        requested = list(self.config.services) if req.get("all") else [req.get("service")]
+        # One request is one batch: shared reload targets run once for all of its services.
+        if req.get("all"):
+            requested: list[Any] = list(self.config.services)
+        elif isinstance(req.get("services"), list):
+            requested = list(req["services"])
+        else:
+            requested = [req.get("service")]
         names: list[str] = []
         for n in requested:
             if not isinstance(n, str) or n not in self.config.services:

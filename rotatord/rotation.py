@@ -17,7 +17,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -104,7 +104,6 @@ class _Ctx:
     rolled_back: bool = False
     rollback_ok: bool = False
     rollback_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def service_store(config: Config, spec: ServiceSpec, ops: FsOps = DEFAULT_OPS) -> ServiceStore:
