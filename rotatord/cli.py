@@ -151,12 +151,23 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
     return _print_results([_result_doc(r) for r in local_results])
 
 
+def _left(days: float) -> str:
+    seconds = int(days * 86400)
+    if seconds < 0:
+        return "EXPIRED"
+    if seconds < 3600:
+        return f"{seconds} s left"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min left"
+    return f"{days:.1f} days left"
+
+
 def _fmt_status(doc: dict[str, Any]) -> str:
     lines = [f"{doc['service']}:"]
     if doc.get("serial"):
         lines.append(f"  serial      {doc['serial']}")
         lines.append(f"  names       {', '.join(doc['names'])}")
-        lines.append(f"  not after   {doc['not_after']}  ({doc['days_left']} days left)")
+        lines.append(f"  not after   {doc['not_after']}  ({_left(doc['days_left'])})")
         lines.append(f"  version     {doc['version']}")
     else:
         lines.append("  no certificate installed")
