@@ -60,9 +60,9 @@ def start_daemon(base: list[str], state: Path) -> subprocess.Popen[bytes]:
         while True:
             try:
                 message = notify.recv(4096).decode()
-            except TimeoutError:
+            except TimeoutError as exc:
                 proc.kill()
-                raise SystemExit(f"daemon did not become ready; see {state / 'daemon.log'}")
+                raise SystemExit(f"daemon not ready; see {state / 'daemon.log'}") from exc
             if "READY=1" in message.split("\n"):
                 return proc
 
