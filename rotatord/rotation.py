@@ -46,7 +46,7 @@ from rotatord.deploy.reload import Reloader, describe
 from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.issuing import Issuer
 from rotatord.observe.audit import AuditSink, BoundAudit
-from rotatord.observe.logging import get_logger
+from rotatord.observe.logging import get_logger, redact_text
 from rotatord.store import Bundle, RecoveryReport, ServiceStore, Version
 
 log = get_logger("rotatord.rotation")
@@ -473,7 +473,7 @@ class Rotator:
                 if c.spec.outputs:
                     publish_outputs(c.spec.outputs, c.new_bundle, c.new_version.name, self._ops)
                 self._run_actions(c, c.spec.reload, c.new_version, target=None)
-            except (ReloadError, StoreError) as exc:
+            except (ReloadError, StoreError, AuditError) as exc:
                 c.deploy_error = exc
         healthy = [c for c in ctxs if c.deploy_error is None]
         for target in self._targets_of(healthy):
@@ -482,17 +482,18 @@ class Rotator:
                 self._run_actions(
                     users[0], target.actions, users[0].new_version, target=target.name
                 )
-            except ReloadError as exc:
+            except (ReloadError, AuditError) as exc:
                 for c in users:
                     c.deploy_error = c.deploy_error or exc
                     if c is not users[0]:
-                        c.audit.emit(
-                            "reload_failed",
-                            target=target.name,
-                            error=str(exc),
-                            returncode=exc.returncode,
-                            timed_out=exc.timed_out,
-                        )
+                        with contextlib.suppress(AuditError):
+                            c.audit.emit(
+                                "reload_failed",
+                                target=target.name,
+                                error=str(exc),
+                                returncode=getattr(exc, "returncode", None),
+                                timed_out=getattr(exc, "timed_out", False),
+                            )
             else:
                 for c in users[1:]:
                     c.audit.emit("reload_succeeded", target=target.name, shared=True)
@@ -515,13 +516,37 @@ class Rotator:
                     target=target,
                     returncode=exc.returncode,
                     timed_out=exc.timed_out,
-                    stderr_tail=exc.stderr_tail[-500:],
+                    stderr_tail=self._scrub(ctx, exc.stderr_tail[-500:]),
                     error=str(exc),
                 )
                 raise
             ctx.audit.emit(
                 "reload_succeeded", action=res.action, target=target, returncode=res.returncode
             )
+
+    @staticmethod
+    def _scrub(ctx: _Ctx, text: str) -> str:
+        """A reload's output may echo a key (a script that cats the wrong file): drop every
+        line that carries a piece of the old or new private key, and anything PEM-private."""
+        secrets_lines: set[str] = set()
+        for pem in (
+            ctx.new_bundle.key_pem if ctx.new_bundle else b"",
+            ctx.old[1].key_pem if ctx.old else b"",
+        ):
+            for line in pem.decode("ascii", "replace").splitlines():
+                if line and not line.startswith("-----"):
+                    secrets_lines.add(line.strip())
+        kept = []
+        for line in redact_text(text).splitlines():
+            if any(piece and piece in line for piece in secrets_lines) or any(
+                line.strip() and line.strip() in piece
+                for piece in secrets_lines
+                if len(line.strip()) >= 16
+            ):
+                kept.append("[redacted: key material]")
+            else:
+                kept.append(line)
+        return "\n".join(kept)
 
     # ------------------------------------------------------------------ phase 3: probe
 
@@ -580,7 +605,7 @@ class Rotator:
                     publish_outputs(c.spec.outputs, old_bundle, old_version.name, self._ops)
                 self._run_actions(c, c.spec.reload, old_version, target=None)
                 c.rollback_ok = True
-            except (ReloadError, StoreError) as exc:
+            except (ReloadError, StoreError, AuditError) as exc:
                 c.rollback_ok = False
                 c.rollback_error = str(exc)
             c.rolled_back = True
@@ -591,7 +616,7 @@ class Rotator:
                 self._run_actions(
                     users[0], target.actions, users[0].old[0] if users[0].old else None, target.name
                 )
-            except ReloadError as exc:
+            except (ReloadError, AuditError) as exc:
                 for c in users:
                     c.rollback_ok = False
                     c.rollback_error = str(exc)

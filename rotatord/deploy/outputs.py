@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,7 +95,9 @@ def _publish_directory(
     root = spec.path
     ensure_tree(root, 0o755, ops)
     target = root / version
-    if not os.path.isdir(target):
+    if os.path.lexists(target) and not _is_real_dir(target):
+        raise StoreError(f"{target}: exists and is not a real directory; refusing to use it")
+    if not _is_real_dir(target):
         tmp = root / temp_name()
         try:
             # The version directory stays ours (so we can prune it); only the files inside get
@@ -129,21 +132,49 @@ def _publish_directory(
     _prune_directory(root, version)
 
 
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _zero_key(version_dir: Path) -> None:
+    """Overwrite ``version_dir/privkey.pem`` with zeros, never following a planted link or
+    blocking on a planted FIFO. Best effort: the key may belong to the consumer."""
+    try:
+        dfd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fd = os.open(
+            "privkey.pem",
+            os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            dir_fd=dfd,
+        )
+    except OSError:
+        os.close(dfd)
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            os.write(fd, b"\0" * st.st_size)
+            os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+        os.close(dfd)
+
+
 def _prune_directory(root: Path, current: str) -> None:
-    versions = sorted(e for e in os.listdir(root) if _VERSION_RE.match(e))
+    versions = sorted(
+        e for e in os.listdir(root) if _VERSION_RE.match(e) and _is_real_dir(root / e)
+    )
     keep = set(versions[-DIRECTORY_KEEP:]) | {current}
     for name in versions:
         if name not in keep:
-            key = root / name / "privkey.pem"
-            # Best effort: the key belongs to the consumer; without CAP_DAC_OVERRIDE we may not
-            # be allowed to overwrite it, but we can always unlink it from our own directory.
-            with contextlib.suppress(OSError):
-                fd = os.open(key, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"\0" * os.fstat(fd).st_size)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            _zero_key(root / name)
             shutil.rmtree(root / name, ignore_errors=True)
 
 

@@ -1,8 +1,9 @@
 """The audit log: one JSON line per key-lifecycle event, hash-chained, never key material.
 
 Each record is written to the audit file (0600, O_APPEND, fsynced) and echoed through structlog to
-stdout. Each record carries ``prev``, the SHA-256 of the previous line, so an edited, deleted,
-inserted or reordered record breaks the chain (``verify_chain`` names the first bad line). Appends
+stdout. Each record carries ``hash``, the SHA-256 of its own JSON, and ``prev``, the ``hash`` of
+the record before it, so an edited, deleted, inserted or reordered record breaks the chain
+(``verify_chain`` names the first bad line). Appends
 take an flock on the file and read the previous hash from its tail, so two processes appending to
 one file (the daemon and a one-shot CLI run) still produce one valid chain.
 
@@ -18,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,8 +73,17 @@ class AuditSink(Protocol):
     def emit(self, event: str, **fields: Any) -> None: ...
 
 
-def _line_hash(line: bytes) -> str:
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+def _seal(record: dict[str, Any]) -> bytes:
+    """One audit line: the record's compact JSON plus ``hash``, the SHA-256 of that JSON."""
+    body = json.dumps(record, default=str, separators=(",", ":"))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return (body[:-1] + f',"hash":"{digest}"}}\n').encode()
+
+
+def _check_seal(record: dict[str, Any]) -> bool:
+    claimed = record.pop("hash", None)
+    body = json.dumps(record, separators=(",", ":"))
+    return bool(claimed == hashlib.sha256(body.encode()).hexdigest())
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:
@@ -102,6 +113,10 @@ class AuditLog:
             )
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise AuditError(f"{self.path}: not a regular file with one link; refusing to append")
         os.fchmod(fd, 0o600)
         return fd
 
@@ -113,8 +128,13 @@ class AuditLog:
         chunk = 65536
         start = max(0, size - chunk)
         data = os.pread(fd, size - start, start)
-        lines = data.rstrip(b"\n").split(b"\n")
-        return _line_hash(lines[-1])
+        last = data.rstrip(b"\n").split(b"\n")[-1]
+        try:
+            digest = json.loads(last)["hash"]
+        except (ValueError, KeyError, TypeError) as exc:
+            # Never chain onto a line we cannot read: that is tampering or a torn write.
+            raise AuditError("the audit log's last line is not a sealed record") from exc
+        return str(digest)
 
     def emit(self, event: str, **fields: Any) -> None:
         if event not in EVENTS:
@@ -130,8 +150,7 @@ class AuditLog:
                     **fields,
                     "prev": self._last_hash(fd),
                 }
-                line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
-                os.write(fd, line)
+                os.write(fd, _seal(record))
                 os.fsync(fd)
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write audit record: {exc.strerror}") from exc
@@ -177,16 +196,28 @@ class ChainResult:
 
 
 def verify_chain(path: Path) -> ChainResult:
-    """Check every record's ``prev`` against the hash of the line before it."""
+    """Check each record's own ``hash`` (catches an edit of any line, the last one included) and
+    its ``prev`` against the record before it (catches removal, insertion and reordering).
+
+    What no in-file chain can see is the loss of the *newest* records (truncation); that needs
+    an anchor kept elsewhere, e.g. the last ``hash`` shipped to a log collector.
+    """
     prev = GENESIS
     n = 0
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                return ChainResult(False, n - 1, n, "truncated record (no end of line)")
             try:
                 record = json.loads(raw)
             except ValueError:
                 return ChainResult(False, n - 1, n, "not a JSON record")
-            if not isinstance(record, dict) or record.get("prev") != prev:
-                return ChainResult(False, n - 1, n, "hash chain broken (edited, removed or moved)")
-            prev = _line_hash(raw)
+            if not isinstance(record, dict):
+                return ChainResult(False, n - 1, n, "not a JSON object")
+            digest = record.get("hash")
+            if not _check_seal(record):
+                return ChainResult(False, n - 1, n, "record does not match its hash (edited)")
+            if record.get("prev") != prev:
+                return ChainResult(False, n - 1, n, "chain broken (removed, inserted or moved)")
+            prev = str(digest)
     return ChainResult(True, n)
