@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ def line_hash(line: bytes) -> str:
     return str(claimed)
 
 
-def seal(record: dict[str, object]) -> bytes:
+def seal(record: Mapping[str, object]) -> bytes:
     """What a forger who knows the format writes: a record with a valid self-hash."""
     body = json.dumps(record, separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
