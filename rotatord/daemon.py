@@ -25,7 +25,13 @@ from typing import Any
 from rotatord.clock import Clock, SystemClock
 from rotatord.config import load_config
 from rotatord.core import keys, policy
-from rotatord.core.errors import ConfigError, IssuanceError, RotatordError, UnknownServiceError
+from rotatord.core.errors import (
+    AuditError,
+    ConfigError,
+    IssuanceError,
+    RotatordError,
+    UnknownServiceError,
+)
 from rotatord.core.model import CertInfo, Config, ServiceSpec, Trigger
 from rotatord.deploy.probe import TlsProber
 from rotatord.deploy.reload import SubprocessReloader
@@ -169,6 +175,7 @@ class Daemon:
         self._reload_requested = False
         self._ari: dict[str, _AriState] = {}
         self._planned: dict[str, Plan] = {}
+        self._ari_warned: dict[str, datetime] = {}
         self._plan_lock = threading.Lock()
         self._rng = random.SystemRandom()
         self._batch_seq = 0
@@ -218,11 +225,17 @@ class Daemon:
             prober=TlsProber(self.clock),
             on_close=self.issuers.close,
         )
-        for name in cfg.services:
-            try:
-                recover_service(self.rotator, name, self.audit, thorough=False)
-            except RotatordError as exc:
-                log.error("recovery_failed", service=name, error=str(exc))
+        try:
+            # Fail fast and clearly if key events could not be recorded: no rotation may run.
+            self.audit.emit(
+                "daemon_started",
+                pid=os.getpid(),
+                services=len(cfg.services),
+                config=str(self.config_path),
+            )
+        except AuditError as exc:
+            print(f"rotatord: {exc}; refusing to run without an audit log", file=sys.stderr)
+            return 1
         self.scheduler = Scheduler(cfg.daemon.max_concurrent, self._job)
         control = ControlServer(
             cfg.daemon.control_socket, self._handle_control, cfg.daemon.control_socket_group
@@ -238,12 +251,6 @@ class Daemon:
             self.scheduler.start()
             self._submit_batch(list(cfg.services), Trigger.STARTUP)
             watcher.start()
-            self.audit.emit(
-                "daemon_started",
-                pid=os.getpid(),
-                services=len(cfg.services),
-                config=str(self.config_path),
-            )
             self.notifier.ready(f"{len(cfg.services)} services scheduled")
             self._main_loop()
         finally:
@@ -386,11 +393,19 @@ class Daemon:
         try:
             ri = issuer.renewal_info(cert_id)
         except IssuanceError as exc:
-            next_check = now + policy.ARI_ERROR_RECHECK
+            # Spread the re-checks (up to +10 %) so a fleet that failed together does not
+            # come back together, and warn once a minute per account, not once per service.
+            next_check = now + policy.ARI_ERROR_RECHECK * (1 + 0.1 * self._rng.random())
             chosen = st.chosen if st is not None and st.cert_id == cert_id else None
             with self._plan_lock:
                 self._ari[spec.name] = _AriState(cert_id, None, chosen, next_check)
-            log.warning("renewal_info_failed", service=spec.name, error=str(exc))
+                last = self._ari_warned.get(spec.account)
+                warn = last is None or now - last >= timedelta(minutes=1)
+                if warn:
+                    self._ari_warned[spec.account] = now
+            (log.warning if warn else log.debug)(
+                "renewal_info_failed", service=spec.name, account=spec.account, error=str(exc)
+            )
             return chosen, next_check
         if ri is None:
             with self._plan_lock:
@@ -446,6 +461,7 @@ class Daemon:
     def _batch(self, names: list[str], trigger: Trigger) -> None:
         """Rotate every due service of ``names`` as one batch (shared reload targets reload
         once), then schedule each of them. Used at start-up and after a config change."""
+        planned: dict[str, Plan] = {}
         try:
             ignore_retry = trigger is Trigger.CONFIG_CHANGE
             due: list[str] = []
@@ -454,6 +470,11 @@ class Daemon:
                 if self._stop or name not in self.rotator.config.services:
                     continue
                 try:
+                    if trigger is Trigger.STARTUP:
+                        # Recovery runs here, per service, rather than before READY: with
+                        # 10,000 services it is most of the start-up cost, and a service is
+                        # always recovered before it is planned or rotated.
+                        recover_service(self.rotator, name, self.audit, thorough=False)
                     plan = self.plan(name, ignore_retry=ignore_retry)
                 except Exception as exc:  # one bad service must not stop the batch
                     log.exception("plan_failed", service=name, error=str(exc))
@@ -461,6 +482,8 @@ class Daemon:
                 if plan.at <= self.clock.now():
                     due.append(name)
                     ari[name] = plan.ari_time
+                else:
+                    planned[name] = plan
             if due and not self._stop:
                 results = self.rotator.rotate_batch(due, trigger=trigger, ari_times=ari)
                 for r in results:
@@ -469,7 +492,7 @@ class Daemon:
             log.exception("batch_crashed", error=str(exc))
         finally:
             for name in names:
-                self._schedule_next(name)
+                self._schedule_next(name, planned.get(name))
 
     def _job(self, name: str, trigger: str) -> None:
         """Scheduler entry: rotate if due, then always plan the next run."""
@@ -490,12 +513,13 @@ class Daemon:
         finally:
             self._schedule_next(name)
 
-    def _schedule_next(self, name: str) -> None:
+    def _schedule_next(self, name: str, known: Plan | None = None) -> None:
+        """Schedule the service's next run; ``known`` is a plan just made for it (not due)."""
         if self._stop or name not in self.rotator.config.services:
             return
         now = self.clock.now()
         try:
-            plan = self.plan(name)
+            plan = known if known is not None and known.at > now else self.plan(name)
         except Exception as exc:  # keep the service scheduled whatever happened
             log.exception("plan_failed", service=name, error=str(exc))
             plan = Plan(now + HOT_LOOP_GUARD, "plan_error")

@@ -243,17 +243,25 @@ class AcmeIssuer:
         )
         return net
 
+    def _check_negative_cache(self, failed_at: float | None = None) -> None:
+        """A thousand services planning at start-up against an unreachable CA make one
+        connection attempt every few seconds, not a thousand (and build no session for it)."""
+        if failed_at is None:
+            with self._lock:
+                if self._directory is not None:
+                    return
+                failed_at = self._directory_failed_at
+        if failed_at is not None and self._clock.monotonic() - failed_at < DIRECTORY_RETRY_S:
+            raise IssuanceError(
+                f"directory {self.spec.directory} was unreachable moments ago", retryable=True
+            )
+
     def _client(self, net: _Network) -> ClientV2:
         with self._lock:
             directory = self._directory
             failed_at = self._directory_failed_at
         if directory is None:
-            # Negative cache: a thousand services planning at start-up against an unreachable CA
-            # make one connection attempt per few seconds, not a thousand.
-            if failed_at is not None and self._clock.monotonic() - failed_at < DIRECTORY_RETRY_S:
-                raise IssuanceError(
-                    f"directory {self.spec.directory} was unreachable moments ago", retryable=True
-                )
+            self._check_negative_cache(failed_at)
             try:
                 directory = ClientV2.get_directory(self.spec.directory, net)
             except Exception as exc:
@@ -416,6 +424,7 @@ class AcmeIssuer:
         return "renewalInfo" in client.directory.to_partial_json()
 
     def renewal_info(self, cert_id: str) -> RenewalInfo | None:
+        self._check_negative_cache()
         with self._net() as net:
             client = self._client(net)
             base = client.directory.to_partial_json().get("renewalInfo")
