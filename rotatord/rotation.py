@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -43,11 +44,11 @@ from rotatord.core.model import (
 from rotatord.deploy.outputs import publish as publish_outputs
 from rotatord.deploy.probe import Prober
 from rotatord.deploy.reload import Reloader, describe
-from rotatord.fsutil import DEFAULT_OPS, FsOps
+from rotatord.fsutil import DEFAULT_OPS, FsOps, read_file_nofollow
 from rotatord.issuing import Issuer
 from rotatord.observe.audit import AuditSink, BoundAudit
 from rotatord.observe.logging import get_logger, redact_text
-from rotatord.store import Bundle, RecoveryReport, ServiceStore, Version
+from rotatord.store import META_FILE, Bundle, RecoveryReport, ServiceStore, Version
 
 log = get_logger("rotatord.rotation")
 
@@ -680,6 +681,7 @@ class Rotator:
             c.store.write_status(
                 {
                     "last_result": "rotated",
+                    "current_version": c.new_version.name,
                     "last_attempt": now.isoformat(),
                     "last_success": now.isoformat(),
                     "last_error": None,
@@ -796,9 +798,11 @@ class Rotator:
         if store is not None:
             try:
                 last_success = store.read_status().get("last_success")
+                current = store.current_version()
                 store.write_status(
                     {
                         "last_result": outcome,
+                        "current_version": current.name if current else None,
                         "last_attempt": now.isoformat(),
                         "last_error": str(exc),
                         "last_error_retryable": retryable,
@@ -865,6 +869,35 @@ def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]
     return _status_of(rotator, name, now)
 
 
+def _audit_unrecorded_activation(store: ServiceStore, name: str, audit: AuditSink) -> None:
+    """A kill between the ``current`` flip and its audit record leaves a pair in service that
+    the log never said was activated. status.json names the version the last finished rotation
+    left current; if ``current`` is another one, record its activation now (a rare duplicate
+    is harmless, a missing key event is not)."""
+    current = store.current_version()
+    if current is None:
+        return
+    status = store.read_status()
+    if status.get("current_version") == current.name:
+        return
+    try:
+        meta = json.loads(read_file_nofollow(current.path / META_FILE))
+    except (OSError, ValueError, StoreError):
+        meta = {}
+    audit.emit(
+        "certificate_activated",
+        service=name,
+        rotation_id=meta.get("rotation_id"),
+        trigger="startup",
+        serial=meta.get("serial"),
+        version=current.name,
+        key_fingerprint=meta.get("key_fingerprint"),
+        recovered=True,
+    )
+    status["current_version"] = current.name
+    store.write_status(status)
+
+
 def recover_service(
     rotator: Rotator, name: str, audit: AuditSink, *, thorough: bool = True
 ) -> RecoveryReport | None:
@@ -876,6 +909,7 @@ def recover_service(
         return None
     with store.lock():
         report = store.recover(thorough=thorough)
+        _audit_unrecorded_activation(store, name, audit)
     if report.removed_temp or report.removed_incomplete or report.repointed_current:
         audit.emit(
             "store_recovered",

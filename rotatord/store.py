@@ -56,7 +56,7 @@ META_FILE = "meta.json"
 VERSION_FILES = (KEY_FILE, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, META_FILE)
 PUBLIC_MODE = 0o644
 DIR_MODE = 0o755
-_VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}(?:\.\d+)?$")
+VERSION_RE = re.compile(r"^\d{8}T\d{6}(?:\.\d{3})?Z-[0-9a-f]{8}(?:\.\d+)?$")
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -181,7 +181,7 @@ class ServiceStore:
                 return None
             raise
         parts = target.split("/")
-        if len(parts) != 2 or parts[0] != "versions" or not _VERSION_RE.match(parts[1]):
+        if len(parts) != 2 or parts[0] != "versions" or not VERSION_RE.match(parts[1]):
             return None
         path = self.versions_dir / parts[1]
         if not os.path.isdir(path) or os.path.islink(path):
@@ -197,7 +197,7 @@ class ServiceStore:
         out = []
         for name in sorted(names):
             path = self.versions_dir / name
-            if _VERSION_RE.match(name) and stat.S_ISDIR(os.lstat(path).st_mode):
+            if VERSION_RE.match(name) and stat.S_ISDIR(os.lstat(path).st_mode):
                 out.append(Version(name, path))
         return out
 
@@ -232,7 +232,10 @@ class ServiceStore:
     # ------------------------------------------------------------------ writing
 
     def _version_name(self, meta: IssuedMeta) -> str:
-        base = f"{meta.issued_at:%Y%m%dT%H%M%SZ}-{meta.serial & 0xFFFFFFFF:08x}"
+        # Milliseconds: two rotations of one service in the same second must still sort in
+        # time order (recovery and pruning pick "newest" and "previous" by name).
+        at = meta.issued_at
+        base = f"{at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z-{meta.serial & 0xFFFFFFFF:08x}"
         name, n = base, 1
         while os.path.lexists(self.versions_dir / name):
             name = f"{base}.{n}"
@@ -270,7 +273,7 @@ class ServiceStore:
 
     def activate(self, version: Version) -> Version | None:
         """Point ``current`` at ``version`` with one rename(2); return the previous version."""
-        if not _VERSION_RE.match(version.name) or version.path.parent != self.versions_dir:
+        if not VERSION_RE.match(version.name) or version.path.parent != self.versions_dir:
             raise StoreError(f"{version.path}: not a version of service {self.service!r}")
         previous = self.current_version()
         if os.path.lexists(self.current_link) and not os.path.islink(self.current_link):

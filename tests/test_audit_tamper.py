@@ -268,3 +268,21 @@ def test_rotate_stops_before_any_key_when_audit_is_unwritable(
     restored = short_tmp / "restored.jsonl"
     restored.write_bytes(saved)
     assert len(events(read_audit(restored), "key_generated")) == 1  # the first rotation's only
+
+
+def test_torn_tail_is_cut_and_alarmed(tmp_path: Path) -> None:
+    """A kill mid-append leaves a line without its newline; the next append cuts it back,
+    records an alarm naming the dropped bytes, and the chain verifies again."""
+    path = tmp_path / "audit.jsonl"
+    lines = build_log(path)
+    torn = b'{"ts":"2026-01-01T00:00:00+00:00","event":"rotation_star'
+    path.write_bytes(b"".join(lines) + torn)
+    assert verify(path).returncode == 1
+    AuditLog(path, FakeClock()).emit("rotation_started", service="web", rotation_id="r")
+    records = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert len(records) == RECORDS + 2
+    alarm = records[-2]
+    assert alarm["event"] == "alarm"
+    assert alarm["dropped_bytes"] == len(torn)
+    assert alarm["dropped_sha256"] == hashlib.sha256(torn).hexdigest()
+    assert verify(path).returncode == 0

@@ -134,7 +134,7 @@ def test_stage_activate_layout_and_modes(store: ServiceStore) -> None:
     previous = store.activate(version)
 
     assert previous is None
-    assert version.name == "20260101T000000Z-23456789"
+    assert version.name == "20260101T000000.000Z-23456789"
     assert os.readlink(store.current_link) == f"versions/{version.name}"
     assert store.current_version() == version
     assert stat.S_IMODE(os.lstat(version.path).st_mode) == 0o755
@@ -700,3 +700,13 @@ def test_status_symlink_not_followed(store: ServiceStore, tmp_path: Path) -> Non
     with pytest.raises(StoreError):
         store.write_status({"failures": 1})
     assert secret.read_bytes() == b'{"leak": true}'
+
+
+def test_versions_in_the_same_second_sort_in_time_order(tmp_path: Path) -> None:
+    """Two versions staged within one second sort by issue time, whatever their serials."""
+    store = ServiceStore(tmp_path, "web")
+    first = make_bundle(serial=0xFFFFFFF0, issued_at=T0.replace(microsecond=100_000))
+    second = make_bundle(serial=0x00000001, issued_at=T0.replace(microsecond=900_000))
+    a = store.stage(first)
+    b = store.stage(second)
+    assert [v.name for v in store.versions()] == [a.name, b.name]

@@ -16,7 +16,6 @@ import contextlib
 import grp
 import os
 import pwd
-import re
 import shutil
 import stat
 from collections.abc import Sequence
@@ -39,9 +38,8 @@ from rotatord.fsutil import (
     temp_name,
     write_new_file,
 )
-from rotatord.store import Bundle
+from rotatord.store import VERSION_RE, Bundle
 
-_VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}(?:\.\d+)?$")
 DIRECTORY_KEEP = 2  # current + the one before it, for readers that still hold the old path
 
 
@@ -169,7 +167,7 @@ def _zero_key(version_dir: Path) -> None:
 
 def _prune_directory(root: Path, current: str) -> None:
     versions = sorted(
-        e for e in os.listdir(root) if _VERSION_RE.match(e) and _is_real_dir(root / e)
+        e for e in os.listdir(root) if VERSION_RE.match(e) and _is_real_dir(root / e)
     )
     keep = set(versions[-DIRECTORY_KEEP:]) | {current}
     for name in versions:

@@ -59,6 +59,7 @@ EVENTS = frozenset(
     }
 )
 GENESIS = "0" * 64
+TAIL_WINDOW = 1 << 20  # no record is anywhere near 1 MiB
 
 log = get_logger("rotatord.audit")
 
@@ -120,21 +121,56 @@ class AuditLog:
         os.fchmod(fd, 0o600)
         return fd
 
+    def _repair_torn_tail(self, fd: int) -> dict[str, Any] | None:
+        """A kill during an append can leave a last line without its newline (a torn write).
+        Cut it back to the last complete record and return what was dropped, so the caller
+        records an ``alarm`` about it; refusing to append would stop every rotation forever."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return None
+        start = max(0, size - TAIL_WINDOW)
+        data = os.pread(fd, size - start, start)
+        cut = data.rfind(b"\n")
+        keep = start + cut + 1 if cut >= 0 else 0
+        if cut < 0 and start > 0:
+            raise AuditError(f"{self.path}: last record is torn and too long to repair")
+        dropped = data[cut + 1 :]
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return {
+            "problem": "torn audit record removed (a write was interrupted)",
+            "dropped_bytes": len(dropped),
+            "dropped_sha256": hashlib.sha256(dropped).hexdigest(),
+        }
+
     @staticmethod
     def _last_hash(fd: int) -> str:
         size = os.fstat(fd).st_size
         if size == 0:
             return GENESIS
-        chunk = 65536
-        start = max(0, size - chunk)
+        start = max(0, size - TAIL_WINDOW)
         data = os.pread(fd, size - start, start)
         last = data.rstrip(b"\n").split(b"\n")[-1]
         try:
             digest = json.loads(last)["hash"]
         except (ValueError, KeyError, TypeError) as exc:
-            # Never chain onto a line we cannot read: that is tampering or a torn write.
-            raise AuditError("the audit log's last line is not a sealed record") from exc
+            # Never chain onto a complete line we cannot read: that is tampering, or a log
+            # from another program or an older format (move it aside to start a new one).
+            raise AuditError(
+                "the audit log's last line is not a sealed rotatord record; "
+                "move the file aside to start a new chain"
+            ) from exc
         return str(digest)
+
+    def _append(self, fd: int, event: str, fields: Mapping[str, Any]) -> None:
+        record = {
+            "ts": self._clock.now().isoformat(),
+            "event": event,
+            **fields,
+            "prev": self._last_hash(fd),
+        }
+        os.write(fd, _seal(record))
+        os.fsync(fd)
 
     def emit(self, event: str, **fields: Any) -> None:
         if event not in EVENTS:
@@ -144,14 +180,11 @@ class AuditLog:
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                record = {
-                    "ts": self._clock.now().isoformat(),
-                    "event": event,
-                    **fields,
-                    "prev": self._last_hash(fd),
-                }
-                os.write(fd, _seal(record))
-                os.fsync(fd)
+                torn = self._repair_torn_tail(fd)
+                if torn is not None:
+                    self._append(fd, "alarm", torn)
+                    log.warning("audit_torn_record_removed", **torn)
+                self._append(fd, event, fields)
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write audit record: {exc.strerror}") from exc
             finally:
