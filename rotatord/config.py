@@ -154,7 +154,8 @@ def load_config(path: Path) -> Config:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError([Problem(file, "", f"cannot read config file: {reason}")]) from None
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: a byte-order mark (some Windows editors add one) is not a TOML error.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         message = f"config file is not valid UTF-8 (byte offset {exc.start})"
         raise ConfigError([Problem(file, "", message)]) from None
@@ -166,6 +167,9 @@ def load_config(path: Path) -> Config:
     except RecursionError:
         message = "invalid TOML: arrays or inline tables are nested too deeply"
         raise ConfigError([Problem(file, "", message)]) from None
+    except ValueError as exc:
+        # tomllib lets int() refuse a number of more than 4,300 digits with a plain ValueError.
+        raise ConfigError([Problem(file, "", f"invalid TOML: {exc}")]) from None
     return parse_config(data, path)
 
 

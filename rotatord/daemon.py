@@ -277,7 +277,10 @@ class Daemon:
             self.notifier.watchdog()
             if self._reload_requested and not self._stop:
                 self._reload_requested = False
-                self.reload_config()
+                try:
+                    self.reload_config()
+                except Exception as exc:  # a bad reload must never take the daemon down
+                    log.exception("config_reload_crashed", error=str(exc))
 
     def _wake(self) -> None:
         # os.write is async-signal-safe; a full pipe already means "wake up".

@@ -105,6 +105,7 @@ class _Ctx:
     rolled_back: bool = False
     rollback_ok: bool = False
     rollback_error: str | None = None
+    fresh_key: bool = False  # never reuse the old key (revocation for key compromise)
 
 
 def service_store(config: Config, spec: ServiceSpec, ops: FsOps = DEFAULT_OPS) -> ServiceStore:
@@ -259,6 +260,7 @@ class Rotator:
         extra_context: Mapping[str, Any] | None = None,
         max_workers: int | None = None,
         rollback: bool = True,
+        fresh_key: bool = False,
     ) -> list[RotationResult]:
         """Rotate several services as one batch: each is issued and activated, then every shared
         reload target runs once (in its declared order), then probes, then rollbacks.
@@ -298,6 +300,7 @@ class Rotator:
                         store=store,
                         started=started,
                         rotation_id=rotation_id,
+                        fresh_key=fresh_key,
                     )
                 )
             ari = ari_times or {}
@@ -364,7 +367,7 @@ class Rotator:
                 reason_code=code,
             )
         result = self.rotate_batch(
-            [name], trigger=Trigger.MANUAL, force=True, uid=uid, rollback=False
+            [name], trigger=Trigger.MANUAL, force=True, uid=uid, rollback=False, fresh_key=True
         )[0]
         if result.outcome == "rotated":
             with store.lock():
@@ -440,7 +443,7 @@ class Rotator:
                 bundle,
                 extra_meta={"key_fingerprint": fingerprint, "rotation_id": ctx.rotation_id},
             )
-            previous = store.activate(version)
+            previous = self._activate(ctx, version)
             ctx.new_version = version
             ctx.new_bundle = bundle
             ctx.state = "activated"
@@ -704,6 +707,28 @@ class Rotator:
             log.error("rotation_finish_unrecorded", service=c.spec.name, error=str(exc))
         return result
 
+    def _activate(self, ctx: _Ctx, version: Version) -> Version | None:
+        """Flip ``current`` to ``version``. If the flip fails, never leave the unused key behind;
+        if it failed *after* the rename (the directory fsync), the new pair is already live:
+        put the old one back when there is one (a failure must not change what is served)."""
+        store = ctx.store
+        try:
+            return store.activate(version)
+        except StoreError:
+            live = store.current_version()
+            if live is not None and live.name == version.name and ctx.old is not None:
+                with contextlib.suppress(StoreError):
+                    store.activate(ctx.old[0])
+                live = store.current_version()
+            if live is None or live.name != version.name:
+                with contextlib.suppress(OSError):
+                    store.destroy_version(version)
+                    ctx.audit.emit("key_destroyed", version=version.name, why="rotation_failed")
+                raise
+            # No previous pair and the new one is live and complete: keep it.
+            log.warning("activation_not_durable", service=ctx.spec.name, version=version.name)
+            return None
+
     def _replaces(self, ctx: _Ctx, issuer: Issuer) -> str | None:
         """The ARI id of the certificate this order replaces, when the same CA advertises ARI."""
         if ctx.old is None or ctx.old[1].meta.directory != issuer.directory_url:
@@ -718,7 +743,7 @@ class Rotator:
 
     def _key(self, ctx: _Ctx) -> keys.PrivateKey:
         spec = ctx.spec
-        if spec.reuse_key and ctx.old is not None:
+        if spec.reuse_key and ctx.old is not None and not ctx.fresh_key:
             key = keys.load_private_key(ctx.old[1].key_pem)
             if keys.key_type_of(key) == spec.key_type:
                 return key

@@ -268,6 +268,10 @@ class ServiceStore:
             self._ops.fsync_dir(self.versions_dir)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if final is not None and os.path.isdir(final):
+                # Renamed but not durably: never leave an unused key behind.
+                with contextlib.suppress(OSError):
+                    self.destroy_version(Version(final.name, final))
             raise StoreError(f"{self.dir}: staging failed: {exc.strerror or exc}") from exc
         return Version(final.name, final)
 
