@@ -38,7 +38,7 @@ import re
 import signal
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -136,6 +136,7 @@ _TARGET_KEYS: Final = ("order", "actions")
 _PROBE_KEYS: Final = ("address", "unix_socket", "sni")
 
 _E = TypeVar("_E", KeyType, OutputFormat)
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- public API
@@ -908,9 +909,7 @@ def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
     return tuple(names) if ok else None
 
 
-def _retry_ladder(
-    ctx: _Ctx, table: Mapping[str, Any], path: str
-) -> tuple[timedelta, ...] | None:
+def _retry_ladder(ctx: _Ctx, table: Mapping[str, Any], path: str) -> tuple[timedelta, ...] | None:
     if "retry_ladder" not in table:
         return None
     where = _join(path, "retry_ladder")
@@ -1039,14 +1038,19 @@ def _array_of_tables(ctx: _Ctx, value: object, path: str) -> list[object] | None
     return None
 
 
+def _each_table(
+    ctx: _Ctx, value: object, path: str, parse: Callable[[_Ctx, object, str], _T | None]
+) -> tuple[_T, ...]:
+    """Parse every entry of an array of tables; entries with problems are left out."""
+    parsed = (
+        parse(ctx, raw, _item(path, i))
+        for i, raw in enumerate(_array_of_tables(ctx, value, path) or [])
+    )
+    return tuple(item for item in parsed if item is not None)
+
+
 def _reloads(ctx: _Ctx, value: object, path: str) -> tuple[ReloadAction, ...]:
-    items = _array_of_tables(ctx, value, path)
-    actions: list[ReloadAction] = []
-    for index, raw in enumerate(items or []):
-        action = _reload(ctx, raw, _item(path, index))
-        if action is not None:
-            actions.append(action)
-    return tuple(actions)
+    return _each_table(ctx, value, path, _reload)
 
 
 def _reload(ctx: _Ctx, raw: object, path: str) -> ReloadAction | None:
@@ -1202,13 +1206,7 @@ def _unit(ctx: _Ctx, table: Mapping[str, Any], path: str) -> str | None:
 
 
 def _probes(ctx: _Ctx, value: object, path: str) -> tuple[ProbeSpec, ...]:
-    items = _array_of_tables(ctx, value, path)
-    probes: list[ProbeSpec] = []
-    for index, raw in enumerate(items or []):
-        probe = _probe(ctx, raw, _item(path, index))
-        if probe is not None:
-            probes.append(probe)
-    return tuple(probes)
+    return _each_table(ctx, value, path, _probe)
 
 
 def _probe(ctx: _Ctx, raw: object, path: str) -> ProbeSpec | None:
@@ -1288,13 +1286,7 @@ def _sni_problem(name: str) -> str | None:
 
 
 def _outputs(ctx: _Ctx, value: object, path: str) -> tuple[OutputSpec, ...]:
-    items = _array_of_tables(ctx, value, path)
-    outputs: list[OutputSpec] = []
-    for index, raw in enumerate(items or []):
-        output = _output(ctx, raw, _item(path, index))
-        if output is not None:
-            outputs.append(output)
-    return tuple(outputs)
+    return _each_table(ctx, value, path, _output)
 
 
 def _output(ctx: _Ctx, raw: object, path: str) -> OutputSpec | None:
