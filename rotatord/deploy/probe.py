@@ -114,6 +114,6 @@ class TlsProber:
                     (self._clock.monotonic() - start) * 1000,
                 )
             self._clock.sleep(delay)
-            # Capped at 100 ms: a handshake is cheap, and every ms of backoff after the server
+            # Capped at 50 ms: a handshake is cheap, and every ms of backoff after the server
             # switched is added to the rotation (bench/reload_latency.py measured 45 ms at 0.5 s).
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.05)
