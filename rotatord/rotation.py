@@ -454,6 +454,11 @@ class Rotator:
                 previous_version=previous.name if previous else None,
                 key_fingerprint=fingerprint,
             )
+            # Right after its audit record: recovery compares this with `current` to find an
+            # activation the log never saw (a kill in between), so keep the window tiny.
+            status = store.read_status()
+            status["current_version"] = version.name
+            store.write_status(status)
             if ctx.old is not None:
                 audit.emit(
                     "certificate_superseded", serial=ctx.old[2].serial_hex, version=ctx.old[0].name
