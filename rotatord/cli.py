@@ -151,8 +151,8 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
     return _print_results([_result_doc(r) for r in local_results])
 
 
-def _left(days: float) -> str:
-    seconds = int(days * 86400)
+def _left(seconds: int) -> str:
+    days = seconds / 86400
     if seconds < 0:
         return "EXPIRED"
     if seconds < 3600:
@@ -167,7 +167,7 @@ def _fmt_status(doc: dict[str, Any]) -> str:
     if doc.get("serial"):
         lines.append(f"  serial      {doc['serial']}")
         lines.append(f"  names       {', '.join(doc['names'])}")
-        lines.append(f"  not after   {doc['not_after']}  ({_left(doc['days_left'])})")
+        lines.append(f"  not after   {doc['not_after']}  ({_left(doc['seconds_left'])})")
         lines.append(f"  version     {doc['version']}")
     else:
         lines.append("  no certificate installed")

@@ -874,10 +874,11 @@ def _status_of(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]:
             not_before=info.not_before.isoformat(),
             not_after=info.not_after.isoformat(),
             days_left=round((info.not_after - now).total_seconds() / 86400, 3),
+            seconds_left=int((info.not_after - now).total_seconds()),
             version=version.name,
         )
     else:
-        doc.update(serial=None, version=None, not_after=None, days_left=None)
+        doc.update(serial=None, version=None, not_after=None, days_left=None, seconds_left=None)
     status = store.read_status()
     doc["renewal_due_at"] = decision.at.isoformat()
     doc["due_now"] = decision.due
