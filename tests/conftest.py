@@ -17,29 +17,24 @@ import pytest
 
 from pebble import PebbleFactory, PebbleOptions, PebbleServer, pebble_available
 from tests.daemon_harness import DaemonProcess
+from tests.unavailable import unavailable
 
 # --------------------------------------------------------------------------------------------
 # Pebble
 # --------------------------------------------------------------------------------------------
 
 
-def _on_ci() -> bool:
-    """True when the ``CI`` environment variable says we run in continuous integration."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1"}
-
-
 @pytest.hookimpl(tryfirst=True)  # before fixtures set up, so a missing Pebble is reported clearly
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Tests marked ``pebble`` skip when Pebble is missing, but fail on CI (CI=true)."""
-    if item.get_closest_marker("pebble") is None or pebble_available():
-        return
-    message = (
-        "Pebble is not installed (needs /usr/bin/pebble and /usr/bin/pebble-challtestsrv; "
-        "'apt-get install -y pebble')"
-    )
-    if _on_ci():
-        pytest.fail(f"{message}; CI=true, so Pebble tests must run, not skip", pytrace=False)
-    pytest.skip(message)
+    """Tests marked ``pebble`` need Pebble, tests marked ``root`` need root: skip when missing,
+    fail on CI (CI=true)."""
+    if item.get_closest_marker("pebble") is not None and not pebble_available():
+        unavailable(
+            "Pebble is not installed (needs /usr/bin/pebble and /usr/bin/pebble-challtestsrv; "
+            "'apt-get install -y pebble')"
+        )
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        unavailable("giving files to another user (chown) needs root")
 
 
 @pytest.fixture(scope="session")

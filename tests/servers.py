@@ -6,7 +6,6 @@ Each server runs in the foreground as a child of the test, with every path under
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import ssl
@@ -14,8 +13,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from cryptography import x509
+
+from tests.unavailable import unavailable
 
 
 def free_port() -> int:
@@ -56,9 +56,7 @@ def wait_for_serial(port: int, sni: str, want: int, deadline_s: float = 15.0) ->
 def require_binary(name: str) -> str:
     path = shutil.which(name) or f"/usr/sbin/{name}"
     if not Path(path).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed; CI must install it")
-        pytest.skip(f"{name} not installed")
+        unavailable(f"{name} is not installed")
     return path
 
 

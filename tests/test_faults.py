@@ -52,21 +52,11 @@ from tests.daemon_harness import (
     wait_for,
 )
 from tests.daemon_harness import write_config as harness_config
+from tests.unavailable import unavailable
 
 PAGE: Final = 4096
 EIO_TEXT: Final = os.strerror(errno.EIO)  # "Input/output error"
 ENOSPC_TEXT: Final = os.strerror(errno.ENOSPC)  # "No space left on device"
-
-
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1"}
-
-
-def _unavailable(message: str) -> None:
-    """A missing tool or privilege: fail on CI (CI=true), skip elsewhere."""
-    if _on_ci():
-        pytest.fail(f"{message}; CI=true, so this test must run, not skip", pytrace=False)
-    pytest.skip(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,7 +396,7 @@ def tiny_tmpfs(short_tmp: Path) -> Iterator[Path]:
     mountpoint = short_tmp / "state"
     mountpoint.mkdir()
     if shutil.which("mount") is None:
-        _unavailable("mount(8) is not installed")
+        unavailable("mount(8) is not installed")
     proc = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mountpoint)],
         capture_output=True,
@@ -416,7 +406,7 @@ def tiny_tmpfs(short_tmp: Path) -> Iterator[Path]:
     if proc.returncode != 0:
         why = f"cannot mount a tmpfs: {proc.stderr.strip()}"
         if os.geteuid() != 0 or any(s in proc.stderr.lower() for s in _NOT_PERMITTED):
-            _unavailable(why + " (EPERM: needs root or CAP_SYS_ADMIN)")
+            unavailable(why + " (EPERM: needs root or CAP_SYS_ADMIN)")
         pytest.fail(why)
     try:
         yield mountpoint
@@ -529,7 +519,7 @@ def test_strace_injected_eio_keeps_the_old_pair(
     """EIO injected by strace into the real fsync/rename of a staged version: `rotate --force`
     exits 1, the old pair stays current and intact, the error is audited, no temp entry is left."""
     if shutil.which("strace") is None:
-        _unavailable("strace is not installed ('apt-get install -y strace')")
+        unavailable("strace is not installed ('apt-get install -y strace')")
     state = short_tmp / "state"
     config = harness_config(
         short_tmp / "r.toml", pebble_server, state, service("web", pebble_server.http_port)

@@ -67,9 +67,7 @@ WINDOW = 16  # a secret counts as leaked when any 16 consecutive characters of i
 # dash (Debian's /bin/sh) exports PWD to every command it runs; it is not from rotatord.
 SHELL_ADDED_ENV = frozenset({"PWD"})
 
-requires_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="giving files to another user (chown) needs root"
-)
+requires_root = pytest.mark.root  # conftest: skip without root, fail under CI=true
 
 
 def nobody_ids() -> tuple[int, int]:

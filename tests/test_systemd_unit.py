@@ -20,9 +20,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+
+from tests.unavailable import unavailable
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "rotatord.service"
 INSTALLED_BINARY = "/usr/local/bin/rotatord"
@@ -32,18 +33,6 @@ MIN_SYSTEMD_VERSION = 250
 REQUIRED_CAPABILITIES = {"CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_KILL"}
 # Plain ASCII, no colours, no pager, whatever the caller's terminal and locale are.
 ANALYZE_ENV = {**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "LC_ALL": "C"}
-
-
-def _on_ci() -> bool:
-    """True when the ``CI`` environment variable says we run in continuous integration."""
-    return os.environ.get("CI", "").strip().lower() in {"true", "1"}
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Skip the test for ``reason``, or fail it when running on CI."""
-    if _on_ci():
-        pytest.fail(f"{reason}; CI=true, so the systemd unit tests must run, not skip")
-    pytest.skip(reason)
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -58,11 +47,11 @@ def systemd_analyze() -> str:
     """Path of a ``systemd-analyze`` new enough for ``security --offline=true``."""
     path = shutil.which("systemd-analyze")
     if path is None:
-        _unavailable("systemd-analyze is not installed ('apt-get install -y systemd')")
+        unavailable("systemd-analyze is not installed ('apt-get install -y systemd')")
     first_line = (_run([path, "--version"]).stdout.splitlines() or [""])[0]
     match = re.match(r"systemd (\d+)", first_line)
     if match is None or int(match.group(1)) < MIN_SYSTEMD_VERSION:
-        _unavailable(
+        unavailable(
             f"systemd-analyze at {path} is {first_line!r}; "
             f"'security --offline=true' needs systemd >= {MIN_SYSTEMD_VERSION}"
         )
