@@ -31,7 +31,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("pebble") is not None and not pebble_available():
         unavailable(
             "Pebble is not installed (needs /usr/bin/pebble and /usr/bin/pebble-challtestsrv; "
-            "'apt-get install -y pebble')"
+            "'apt-get install -y pebble')",
+            "Pebble tests",
         )
     if item.get_closest_marker("root") is not None and os.geteuid() != 0:
         unavailable("giving files to another user (chown) needs root")

@@ -14,8 +14,8 @@ def on_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"true", "1"}
 
 
-def unavailable(reason: str) -> NoReturn:
+def unavailable(reason: str, what: str = "this test") -> NoReturn:
     """Skip the current test for ``reason``, or fail it when CI=true."""
     if on_ci():
-        pytest.fail(f"{reason}; CI=true, so this test must run, not skip", pytrace=False)
+        pytest.fail(f"{reason}; CI=true, so {what} must run, not skip", pytrace=False)
     pytest.skip(reason)
