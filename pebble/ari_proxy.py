@@ -43,13 +43,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self, get_args
+from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from pebble.runner import CERT_NAME, KEY_NAME, LOOPBACK, PebbleServer
+from pebble.runner import CERT_NAME, KEY_NAME, LOOPBACK, PebbleServer, StartStop
 
 __all__ = ["DROP", "AriProxy", "BeforeForward", "ReplacesMode", "cert_id"]
 
@@ -421,7 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class AriProxy:
+class AriProxy(StartStop):
     """An HTTPS front for a running :class:`PebbleServer` that adds RFC 9773 ARI; tests only.
 
     A context manager (``with AriProxy(pebble) as proxy: ...``) or :meth:`start`/:meth:`stop`.
@@ -458,18 +457,6 @@ class AriProxy:
         self.before_forward: BeforeForward | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Read Pebble's directory, bind a free 127.0.0.1 port and start serving.

@@ -303,7 +303,29 @@ def _serial_id(serial_hex: str | int) -> str:
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big").hex()
 
 
-class PebbleServer:
+class StartStop:
+    """``with x:`` runs ``x.start()`` and, whatever happens, ``x.stop()``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PebbleServer(StartStop):
     """A private Pebble + challtestsrv pair on 127.0.0.1; a context manager.
 
     :param validity_seconds: Pebble ``certificateValidityPeriod`` (default: Pebble's 5 years).
@@ -354,18 +376,6 @@ class PebbleServer:
         self._challtestsrv_argv: tuple[str, ...] = ()
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start challtestsrv and Pebble and wait until both answer.

@@ -22,7 +22,7 @@ from rotatord.core.model import Config, Trigger
 from rotatord.daemon import Daemon, build_rotator
 from rotatord.observe.audit import verify_chain
 from rotatord.observe.logging import configure_logging
-from rotatord.rotation import RotationResult, recover_service, service_status
+from rotatord.rotation import recover_service, service_status
 from rotatord.runtime import control
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -74,10 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     v = a_sub.add_parser("verify", help="check the audit log's hash chain")
     v.add_argument("file", nargs="?", type=Path, help="audit file (default: from config)")
     return p
-
-
-def _load(path: Path) -> Config:
-    return load_config(path)
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -148,7 +144,7 @@ def cmd_rotate(config: Config, args: argparse.Namespace) -> int:
         )
     finally:
         rotator.close()
-    return _print_results([_result_doc(r) for r in local_results])
+    return _print_results([r.summary() for r in local_results])
 
 
 def _left(seconds: int) -> str:
@@ -226,21 +222,9 @@ def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
             revoked, result = rotator.revoke(args.service, args.reason, uid=os.getuid())
         finally:
             rotator.close()
-        results = [_result_doc(result)] if result else []
+        results = [result.summary()]
     print(f"{args.service}: revoked {revoked} ({args.reason})")
     return _print_results(results)
-
-
-def _result_doc(r: RotationResult) -> dict[str, Any]:
-    return {
-        "service": r.service,
-        "outcome": r.outcome,
-        "old_serial": r.old_serial,
-        "new_serial": r.new_serial,
-        "version": r.version,
-        "reason": r.reason,
-        "error": r.error,
-    }
 
 
 def cmd_recover(config: Config, args: argparse.Namespace) -> int:
@@ -299,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "audit" and args.file is not None:
         return cmd_audit_verify(args.file)
     try:
-        config = _load(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_USAGE

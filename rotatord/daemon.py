@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -332,9 +332,9 @@ class Daemon:
             if new.daemon != old.daemon:
                 # State dir, socket, pool size and audit path are fixed for the process's life.
                 restart_needed = [
-                    f
-                    for f in old.daemon.__dataclass_fields__
-                    if getattr(old.daemon, f) != getattr(new.daemon, f)
+                    f.name
+                    for f in fields(old.daemon)
+                    if getattr(old.daemon, f.name) != getattr(new.daemon, f.name)
                 ]
                 new = replace(new, daemon=old.daemon)
             added = sorted(set(new.services) - set(old.services))
@@ -438,7 +438,7 @@ class Daemon:
     def plan(self, name: str, *, ignore_retry: bool = False) -> Plan:
         spec = self.rotator.spec(name)
         store = self.rotator.store(spec)
-        installed = read_installed(store)
+        installed = read_installed(store, with_key=False)
         now = self.clock.now()
         ari_time, ari_check = self._ari_time(spec, installed, now)
         decision = self.rotator.decision(spec, installed, now, ari_time)
@@ -579,21 +579,11 @@ class Daemon:
                 return {"ok": False, "error": f"unknown service {n!r}", "code": "unknown"}
             names.append(n)
         force = bool(req.get("force"))
-        results = []
         batch = self.rotator.rotate_batch(names, trigger=Trigger.MANUAL, force=force, uid=peer.uid)
+        results = []
         for res in batch:
             self._schedule_next(res.service)
-            results.append(
-                {
-                    "service": res.service,
-                    "outcome": res.outcome,
-                    "old_serial": res.old_serial,
-                    "new_serial": res.new_serial,
-                    "version": res.version,
-                    "error": res.error,
-                    "reason": res.reason,
-                }
-            )
+            results.append(res.summary())
         return {
             "ok": all(r["outcome"] in ("rotated", "not_due") for r in results),
             "results": results,
@@ -607,15 +597,7 @@ class Daemon:
             name, str(req.get("reason", "unspecified")), uid=peer.uid
         )
         self._schedule_next(name)
-        doc = {
-            "service": name,
-            "outcome": res.outcome if res else "failed",
-            "old_serial": res.old_serial if res else revoked,
-            "new_serial": res.new_serial if res else None,
-            "version": res.version if res else None,
-            "error": res.error if res else None,
-            "reason": res.reason if res else "",
-        }
+        doc = res.summary()
         return {"ok": doc["outcome"] == "rotated", "revoked": revoked, "results": [doc]}
 
     def _status(self, names: Any) -> list[dict[str, Any]]:

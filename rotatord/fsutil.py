@@ -165,3 +165,29 @@ def read_file_nofollow(path: Path, limit: int = 1 << 20) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def zero_file(directory: Path, name: str) -> None:
+    """Overwrite ``directory/name`` with zeros before it is removed (a destroyed key stays out
+    of any later read of the inode). Never follows a planted symlink in either component, never
+    blocks on a planted FIFO, only writes regular files. Best effort: on journaling or
+    copy-on-write filesystems, or for a file we may not write, the removal still happens."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        os.close(dfd)
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            os.write(fd, b"\0" * st.st_size)
+            os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+        os.close(dfd)

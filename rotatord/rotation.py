@@ -80,6 +80,18 @@ class RotationResult:
     def ok(self) -> bool:
         return self.outcome in ("rotated", "not_due")
 
+    def summary(self) -> dict[str, Any]:
+        """What the CLI prints and the control socket sends for one rotation."""
+        return {
+            "service": self.service,
+            "outcome": self.outcome,
+            "old_serial": self.old_serial,
+            "new_serial": self.new_serial,
+            "version": self.version,
+            "reason": self.reason,
+            "error": self.error,
+        }
+
 
 @dataclass
 class _Ctx:
@@ -123,10 +135,12 @@ def service_store(config: Config, spec: ServiceSpec, ops: FsOps = DEFAULT_OPS) -
     )
 
 
-def read_installed(store: ServiceStore) -> tuple[Version, Bundle, CertInfo] | None:
+def read_installed(
+    store: ServiceStore, *, with_key: bool = True
+) -> tuple[Version, Bundle, CertInfo] | None:
     """The current version with its parsed leaf, or None if absent or unreadable."""
     try:
-        found = store.read_current()
+        found = store.read_current(with_key=with_key)
         if found is None:
             return None
         version, bundle = found
@@ -136,9 +150,11 @@ def read_installed(store: ServiceStore) -> tuple[Version, Bundle, CertInfo] | No
     return version, bundle, keys.cert_info(leaf)
 
 
-def reload_env(spec: ServiceStore, service: ServiceSpec, version: Version | None) -> dict[str, str]:
+def reload_env(
+    store: ServiceStore, service: ServiceSpec, version: Version | None
+) -> dict[str, str]:
     """Paths and facts a reload action may use. Never a secret: the key is passed by path."""
-    current = spec.current_link
+    current = store.current_link
     env = {
         "ROTATORD_SERVICE": service.name,
         "ROTATORD_DOMAINS": ",".join(service.domains),
@@ -238,7 +254,6 @@ class Rotator:
         force: bool = False,
         uid: int | None = None,
         ari_time: datetime | None = None,
-        extra_context: Mapping[str, Any] | None = None,
     ) -> RotationResult:
         return self.rotate_batch(
             [name],
@@ -246,7 +261,6 @@ class Rotator:
             force=force,
             uid=uid,
             ari_times={name: ari_time} if ari_time else None,
-            extra_context=extra_context,
         )[0]
 
     def rotate_batch(
@@ -257,7 +271,6 @@ class Rotator:
         force: bool = False,
         uid: int | None = None,
         ari_times: Mapping[str, datetime | None] | None = None,
-        extra_context: Mapping[str, Any] | None = None,
         max_workers: int | None = None,
         rollback: bool = True,
         fresh_key: bool = False,
@@ -281,8 +294,6 @@ class Rotator:
                 }
                 if uid is not None:
                     context["uid"] = uid
-                if extra_context:
-                    context.update(extra_context)
                 audit = BoundAudit(self._audit, context)
                 started = self._clock.monotonic()
                 try:
@@ -335,11 +346,12 @@ class Rotator:
 
     def revoke(
         self, name: str, reason: str, *, uid: int | None = None
-    ) -> tuple[str | None, RotationResult | None]:
+    ) -> tuple[str, RotationResult]:
         """Revoke the current certificate at the CA, then rotate to a new key at once.
 
-        Returns (the revoked serial or None with the error raised, the rotation's result). The
-        revoked pair is never rolled back to, and its key is destroyed once a new pair is current.
+        Returns (the revoked serial, the rotation's result); errors before the revocation is
+        done are raised. The revoked pair is never rolled back to, and its key is destroyed
+        once a new pair is current.
         """
         spec = self.spec(name)
         code = REVOCATION_REASONS.get(reason)
@@ -794,13 +806,12 @@ class Rotator:
             "retryable": retryable,
             "problem_type": getattr(exc, "problem_type", None),
         }
-        failures = 1
         not_after = ctx.old[2].not_after if ctx.old else None
-        if store is not None:
-            try:
-                failures = int(store.read_status().get("failures", 0)) + 1
-            except (TypeError, ValueError):
-                failures = 1
+        previous_status = store.read_status() if store is not None else {}
+        try:
+            failures = int(previous_status.get("failures", 0)) + 1
+        except (TypeError, ValueError):
+            failures = 1
         next_at = policy.next_attempt(
             failures, now, not_after, retry_after, self.config.daemon.retry_ladder
         )
@@ -827,7 +838,6 @@ class Rotator:
             log.error("audit_unwritable", service=ctx.spec.name, error=str(audit_exc))
         if store is not None:
             try:
-                last_success = store.read_status().get("last_success")
                 current = store.current_version()
                 store.write_status(
                     {
@@ -839,7 +849,7 @@ class Rotator:
                         "failures": failures,
                         "next_attempt": next_at.isoformat(),
                         "last_rotation_id": ctx.rotation_id,
-                        "last_success": last_success,
+                        "last_success": previous_status.get("last_success"),
                     }
                 )
             except StoreError as st_exc:
@@ -859,10 +869,11 @@ class Rotator:
         )
 
 
-def _status_of(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]:
+def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]:
+    """What ``rotatord status`` shows for one service (read-only, no lock needed)."""
     spec = rotator.spec(name)
     store = rotator.store(spec)
-    installed = read_installed(store)
+    installed = read_installed(store, with_key=False)
     decision = rotator.decision(spec, installed, now)
     doc: dict[str, Any] = {"service": name, "domains": list(spec.domains), "account": spec.account}
     if installed is not None:
@@ -893,11 +904,6 @@ def _status_of(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]:
     doc["failures"] = status.get("failures", 0)
     doc["last_attempt"] = status.get("last_attempt")
     return doc
-
-
-def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]:
-    """What ``rotatord status`` shows for one service (read-only, no lock needed)."""
-    return _status_of(rotator, name, now)
 
 
 def _audit_unrecorded_activation(store: ServiceStore, name: str, audit: AuditSink) -> None:

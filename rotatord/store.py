@@ -46,6 +46,7 @@ from rotatord.fsutil import (
     refuse_symlink,
     temp_name,
     write_new_file,
+    zero_file,
 )
 
 KEY_FILE = "privkey.pem"
@@ -201,9 +202,11 @@ class ServiceStore:
                 out.append(Version(name, path))
         return out
 
-    def read(self, version: Version) -> Bundle:
+    def read(self, version: Version, *, with_key: bool = True) -> Bundle:
+        """The version's files. ``with_key=False`` leaves ``key_pem`` empty: planning and status
+        run for every service and need no secret, so they never read one."""
         try:
-            key_pem = read_file_nofollow(version.path / KEY_FILE)
+            key_pem = read_file_nofollow(version.path / KEY_FILE) if with_key else b""
             cert_pem = read_file_nofollow(version.path / CERT_FILE)
             chain_pem = read_file_nofollow(version.path / CHAIN_FILE)
             meta = meta_from_json(read_file_nofollow(version.path / META_FILE))
@@ -211,11 +214,11 @@ class ServiceStore:
             raise StoreError(f"{version.path}: cannot read version: {exc.strerror}") from exc
         return Bundle(key_pem=key_pem, cert_pem=cert_pem, chain_pem=chain_pem, meta=meta)
 
-    def read_current(self) -> tuple[Version, Bundle] | None:
+    def read_current(self, *, with_key: bool = True) -> tuple[Version, Bundle] | None:
         v = self.current_version()
         if v is None:
             return None
-        return v, self.read(v)
+        return v, self.read(v, with_key=with_key)
 
     def is_complete(self, version: Version, now: datetime | None = None) -> bool:
         """True when the version's key and certificate match and its chain verifies."""
@@ -319,20 +322,8 @@ class ServiceStore:
         return removed
 
     def destroy_version(self, version: Version) -> None:
-        """Overwrite the private key with zeros, then remove the directory.
-
-        On journaling/copy-on-write filesystems the overwrite is best effort; it still keeps the
-        key out of any later read of the same inode.
-        """
-        key_path = version.path / KEY_FILE
-        with contextlib.suppress(FileNotFoundError):
-            fd = os.open(key_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                size = os.fstat(fd).st_size
-                os.write(fd, b"\0" * size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        """Overwrite the private key with zeros, then remove the directory."""
+        zero_file(version.path, KEY_FILE)
         shutil.rmtree(version.path)
 
     # ------------------------------------------------------------------ status

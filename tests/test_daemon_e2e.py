@@ -33,6 +33,18 @@ def start_daemon(config: Path, workdir: Path, daemons: list[DaemonProcess]) -> D
     return d
 
 
+def issued_web_daemon(
+    pebble: PebbleServer, tmp: Path, daemons: list[DaemonProcess]
+) -> tuple[Path, Path, DaemonProcess]:
+    """A daemon running service ``web``, returned once its start-up issuance is audited."""
+    state = tmp / "state"
+    config = write_config(tmp / "r.toml", pebble, state, service("web", pebble.http_port))
+    daemon = start_daemon(config, tmp, daemons)
+    audit = state / "audit.jsonl"
+    wait_for(audit, lambda rs: len(activated(rs, "web")) >= 1, 60, "startup issuance", daemon)
+    return config, audit, daemon
+
+
 def activated(records: list[Record], name: str) -> list[Record]:
     return events(records, "certificate_activated", name)
 
@@ -72,13 +84,7 @@ def test_manual_rotate_is_done_by_the_daemon_with_caller_uid(
     pebble_server: PebbleServer, short_tmp: Path, daemons: list[DaemonProcess]
 ) -> None:
     """`rotatord rotate web --force` while the daemon runs goes through its socket, uid audited."""
-    state = short_tmp / "state"
-    config = write_config(
-        short_tmp / "r.toml", pebble_server, state, service("web", pebble_server.http_port)
-    )
-    daemon = start_daemon(config, short_tmp, daemons)
-    audit = state / "audit.jsonl"
-    wait_for(audit, lambda rs: len(activated(rs, "web")) >= 1, 60, "startup issuance", daemon)
+    config, audit, daemon = issued_web_daemon(pebble_server, short_tmp, daemons)
 
     result = run_cli(config, "rotate", "web", "--force")
     assert result.returncode == 0, result.stderr
@@ -165,18 +171,12 @@ def test_sighup_reload_and_sigterm_exit_zero(
     pebble_server: PebbleServer, short_tmp: Path, daemons: list[DaemonProcess]
 ) -> None:
     """SIGHUP re-reads the config (audited config_loaded); SIGTERM exits 0 after a clean stop."""
-    state = short_tmp / "state"
-    config = write_config(
-        short_tmp / "r.toml", pebble_server, state, service("web", pebble_server.http_port)
-    )
-    daemon = start_daemon(config, short_tmp, daemons)
-    audit = state / "audit.jsonl"
-    wait_for(audit, lambda rs: len(activated(rs, "web")) >= 1, 60, "startup issuance", daemon)
+    _config, audit, daemon = issued_web_daemon(pebble_server, short_tmp, daemons)
     daemon.signal(signal.SIGHUP)
     wait_for(audit, lambda rs: bool(events(rs, "config_loaded")), 30, "config_loaded", daemon)
     assert daemon.stop() == 0
     assert events(read_audit(audit), "daemon_stopped")
-    assert not (state / "ctl.sock").exists()
+    assert not (audit.parent / "ctl.sock").exists()
 
 
 def test_second_daemon_on_same_state_refuses(

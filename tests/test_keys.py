@@ -203,7 +203,7 @@ def test_cert_info_and_chain_split(ec_key: keys.PrivateKey) -> None:
     assert info.not_after.tzinfo == UTC
     assert info.lifetime == timedelta(days=90)
     assert info.key_type is KeyType.ECDSA_P256
-    fullchain = keys.cert_pem(cert) + cert_to_pem(default_ca().cert)
+    fullchain = cert_to_pem(cert) + cert_to_pem(default_ca().cert)
     assert keys.split_pem_chain(fullchain) == [cert, default_ca().cert]
     assert keys.cert_fingerprint(cert) == keys.cert_fingerprint(keys.split_pem_chain(fullchain)[0])
 

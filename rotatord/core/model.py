@@ -213,9 +213,7 @@ class Config:
     daemon: DaemonSpec
     acme: Mapping[str, AcmeSpec]
     services: Mapping[str, ServiceSpec]
-    reload_targets: Mapping[str, ReloadTarget] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    reload_targets: Mapping[str, ReloadTarget] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # --------------------------------------------------------------------------- certificates

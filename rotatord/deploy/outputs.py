@@ -21,7 +21,6 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -37,6 +36,7 @@ from rotatord.fsutil import (
     read_file_nofollow,
     temp_name,
     write_new_file,
+    zero_file,
 )
 from rotatord.store import VERSION_RE, Bundle
 
@@ -137,42 +137,12 @@ def _is_real_dir(path: Path) -> bool:
         return False
 
 
-def _zero_key(version_dir: Path) -> None:
-    """Overwrite ``version_dir/privkey.pem`` with zeros, never following a planted link or
-    blocking on a planted FIFO. Best effort: the key may belong to the consumer."""
-    try:
-        dfd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fd = os.open(
-            "privkey.pem",
-            os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            dir_fd=dfd,
-        )
-    except OSError:
-        os.close(dfd)
-        return
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
-            os.write(fd, b"\0" * st.st_size)
-            os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-        os.close(dfd)
-
-
 def _prune_directory(root: Path, current: str) -> None:
-    versions = sorted(
-        e for e in os.listdir(root) if VERSION_RE.match(e) and _is_real_dir(root / e)
-    )
+    versions = sorted(e for e in os.listdir(root) if VERSION_RE.match(e) and _is_real_dir(root / e))
     keep = set(versions[-DIRECTORY_KEEP:]) | {current}
     for name in versions:
         if name not in keep:
-            _zero_key(root / name)
+            zero_file(root / name, "privkey.pem")
             shutil.rmtree(root / name, ignore_errors=True)
 
 
@@ -195,20 +165,3 @@ def publish(
                 raise StoreError(f"{spec.path}: cannot write: {exc.strerror or exc}") from exc
         written.append(str(spec.path))
     return written
-
-
-def served_leaf(spec: OutputSpec) -> x509.Certificate | None:
-    """The leaf certificate an output currently holds (for tests and status)."""
-    try:
-        if spec.format is OutputFormat.DIRECTORY:
-            data = read_file_nofollow(spec.path / "current" / "cert.pem")
-        else:
-            data = read_file_nofollow(spec.path)
-    except (OSError, StoreError):
-        return None
-    if spec.format is OutputFormat.DER:
-        return x509.load_der_x509_certificate(data)
-    if spec.format is OutputFormat.PKCS12:
-        return None
-    certs = x509.load_pem_x509_certificates(data) if b"CERTIFICATE" in data else []
-    return certs[0] if certs else None

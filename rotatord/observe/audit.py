@@ -203,22 +203,6 @@ class BoundAudit:
     def emit(self, event: str, **fields: Any) -> None:
         self.sink.emit(event, **{**self.context, **fields})
 
-    def bind(self, **fields: Any) -> BoundAudit:
-        return BoundAudit(self.sink, {**self.context, **fields})
-
-
-class MemoryAudit:
-    """An in-memory AuditSink for unit tests of pure logic."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def emit(self, event: str, **fields: Any) -> None:
-        if event not in EVENTS:
-            raise AuditError(f"unknown audit event {event!r}")
-        _check_fields(fields)
-        self.records.append({"event": event, **fields})
-
 
 @dataclass(frozen=True)
 class ChainResult:

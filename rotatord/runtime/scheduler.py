@@ -64,13 +64,6 @@ class Scheduler:
             if job is not None:
                 job.remove()
 
-    def pending(self) -> dict[str, datetime]:
-        return {
-            job.id: job.next_run_time.astimezone(UTC)
-            for job in self._sched.get_jobs()
-            if job.next_run_time is not None
-        }
-
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking new jobs; with ``wait`` let in-flight rotations finish."""
         with self._lock:

@@ -53,8 +53,5 @@ class SdNotifier:
     def reloading(self) -> None:
         self.notify("RELOADING=1")
 
-    def status(self, text: str) -> None:
-        self.notify("STATUS=" + text)
-
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
