@@ -49,6 +49,7 @@ from rotatord.core.errors import ConfigError, Problem
 from rotatord.core.model import (
     SECRET_FORMATS,
     AcmeSpec,
+    BudgetLimits,
     Challenge,
     CommandReload,
     Config,
@@ -111,8 +112,21 @@ _DAEMON_KEYS: Final = (
     "max_concurrent",
     "log_format",
     "retry_ladder",
+    "min_order_interval",
 )
-_ACME_KEYS: Final = ("directory", "contact", "ca_bundle", "timeout", "order_deadline", "eab")
+_ACME_KEYS: Final = (
+    "directory",
+    "contact",
+    "ca_bundle",
+    "timeout",
+    "order_deadline",
+    "eab",
+    "budget",
+)
+_BUDGET_KEYS: Final = ("orders", "orders_window", "certificates", "certificates_window")
+# Below this the "floor" between orders is no floor: a broken CA would be asked every second.
+MIN_ORDER_INTERVAL_FLOOR: Final = timedelta(seconds=5)
+MAX_BUDGET_COUNT: Final = 1_000_000
 _EAB_KEYS: Final = ("kid", "hmac_key_file")
 _SERVICE_KEYS: Final = (
     "domains",
@@ -545,6 +559,13 @@ def _daemon(ctx: _Ctx, raw: object) -> DaemonSpec:
     keep = _int(ctx, table, "keep_versions", path, 2, MAX_KEEP_VERSIONS)
     concurrent = _int(ctx, table, "max_concurrent", path, 1, MAX_CONCURRENT)
     ladder = _retry_ladder(ctx, table, path)
+    interval: timedelta | None = None
+    if "min_order_interval" in table:
+        where = _join(path, "min_order_interval")
+        interval = _duration_value(ctx, table["min_order_interval"], where)
+        if interval is not None and interval < MIN_ORDER_INTERVAL_FLOOR:
+            ctx.add(where, f"must be at least {int(MIN_ORDER_INTERVAL_FLOOR.total_seconds())}s")
+            interval = None
     return DaemonSpec(
         state_dir=defaults.state_dir if state_dir is None else state_dir,
         audit_log=defaults.audit_log if audit_log is None else audit_log,
@@ -555,6 +576,7 @@ def _daemon(ctx: _Ctx, raw: object) -> DaemonSpec:
         max_concurrent=defaults.max_concurrent if concurrent is None else concurrent,
         log_format=log_format or defaults.log_format,
         retry_ladder=defaults.retry_ladder if ladder is None else ladder,
+        min_order_interval=defaults.min_order_interval if interval is None else interval,
     )
 
 
@@ -642,6 +664,7 @@ def _acme(ctx: _Ctx, name: str, raw: object, path: str) -> AcmeSpec | None:
     timeout = _seconds(ctx, table, "timeout", path, MAX_TIMEOUT_SECONDS)
     deadline = _seconds(ctx, table, "order_deadline", path, MAX_ORDER_DEADLINE_SECONDS)
     eab = _eab(ctx, table["eab"], _join(path, "eab")) if "eab" in table else None
+    budget = _budget(ctx, table["budget"], _join(path, "budget")) if "budget" in table else None
 
     if not name_ok or directory is None or len(ctx.problems) != before:
         return None
@@ -652,7 +675,33 @@ def _acme(ctx: _Ctx, name: str, raw: object, path: str) -> AcmeSpec | None:
         spec = dataclasses.replace(spec, timeout_seconds=timeout)
     if deadline is not None:
         spec = dataclasses.replace(spec, order_deadline_seconds=deadline)
+    if budget is not None:
+        spec = dataclasses.replace(spec, budget=budget)
     return spec
+
+
+def _budget(ctx: _Ctx, raw: object, path: str) -> BudgetLimits | None:
+    table = _table(ctx, raw, path)
+    if table is None:
+        return None
+    _known_keys(ctx, table, path, _BUDGET_KEYS)
+    before = len(ctx.problems)
+    defaults = BudgetLimits()
+    orders = _int(ctx, table, "orders", path, 1, MAX_BUDGET_COUNT)
+    certificates = _int(ctx, table, "certificates", path, 1, MAX_BUDGET_COUNT)
+    windows: dict[str, timedelta | None] = {}
+    for key in ("orders_window", "certificates_window"):
+        windows[key] = (
+            _duration_value(ctx, table[key], _join(path, key)) if key in table else None
+        )
+    if len(ctx.problems) != before:
+        return None
+    return BudgetLimits(
+        orders=defaults.orders if orders is None else orders,
+        orders_window=windows["orders_window"] or defaults.orders_window,
+        certificates=defaults.certificates if certificates is None else certificates,
+        certificates_window=windows["certificates_window"] or defaults.certificates_window,
+    )
 
 
 def _directory_problem(url: str) -> str | None:

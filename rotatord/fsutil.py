@@ -68,6 +68,10 @@ class FsOps:
     def replace(self, src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
+    def open_lock(self, path: Path) -> int:
+        """Open (creating if needed) a lock file; an flock target, never written to."""
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
 
 DEFAULT_OPS = FsOps()
 

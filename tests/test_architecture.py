@@ -28,10 +28,10 @@ CONFINED_CALLS = {
 }
 # Layer rank: a module may import only modules of the same or a lower rank.
 RANKS = (
-    (4, ("cli.py", "__main__.py", "daemon.py")),
+    (4, ("cli.py", "__main__.py", "daemon/")),
     (3, ("runtime/",)),
-    (2, ("rotation.py",)),
-    (1, ("issuing/", "store.py", "deploy/", "observe/", "config.py", "fsutil.py", "clock.py")),
+    (2, ("rotation/",)),
+    (1, ("issuing/", "store/", "deploy/", "observe/", "config.py", "fsutil.py", "clock.py")),
     (0, ("core/",)),
 )
 
@@ -88,7 +88,13 @@ SOURCES = _sources()
 def test_there_is_code_to_check() -> None:
     """The walk sees the package (an empty walk would make every rule pass vacuously)."""
     rels = {rel for rel, _ in SOURCES}
-    assert {"rotation.py", "store.py", "core/policy.py", "issuing/acme_issuer.py"} <= rels
+    assert {
+        "rotation/rotator.py",
+        "store/fs.py",
+        "core/policy.py",
+        "issuing/acme_issuer.py",
+        "daemon/loop.py",
+    } <= rels
 
 
 @pytest.mark.parametrize(("rel", "tree"), SOURCES, ids=[r for r, _ in SOURCES])
@@ -133,3 +139,17 @@ def test_rule_catches_a_violation() -> None:
     names = _imports(tree)
     assert "acme.client" in names
     assert _rank("store.py") < _rank(_module_rel("rotatord.rotation") or "")
+
+
+# Modules that may exceed the size limit, and why.
+SIZE_EXEMPT = {"config.py": "every key's validation, with its message; its own issue splits it"}
+MAX_LINES = 450
+
+
+@pytest.mark.parametrize(("rel", "tree"), SOURCES, ids=[r for r, _ in SOURCES])
+def test_modules_stay_small(rel: str, tree: ast.Module) -> None:
+    """No module under rotatord/ grows past 450 lines (a module doing eight jobs hides bugs)."""
+    if rel in SIZE_EXEMPT:
+        return
+    lines = (PKG / rel).read_text().count("\n")
+    assert lines <= MAX_LINES, f"{rel} has {lines} lines (limit {MAX_LINES})"

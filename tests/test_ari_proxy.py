@@ -30,7 +30,7 @@ from josepy.jwk import JWKEC
 
 from pebble import PebbleFactory, PebbleServer
 from pebble.ari_proxy import AriProxy, ReplacesMode, cert_id
-from rotatord.issuing.acme_issuer import NewOrderWithReplaces
+from rotatord.issuing.acme_net import NewOrderWithReplaces
 
 T = TypeVar("T")
 

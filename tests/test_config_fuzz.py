@@ -33,7 +33,8 @@ from rotatord.clock import SystemClock
 from rotatord.config import SAFE_NAME_RE, load_config
 from rotatord.core.errors import ConfigError, ControlError
 from rotatord.core.model import Config
-from rotatord.daemon import Daemon, IssuerCache
+from rotatord.daemon import Daemon, IssuerCache, Planner
+from rotatord.daemon.loop import ServiceLoop
 from rotatord.deploy.reload import SubprocessReloader
 from rotatord.observe.audit import AuditLog
 from rotatord.rotation import Rotator
@@ -605,7 +606,12 @@ def reloading_daemon() -> Iterator[tuple[Daemon, Path]]:
             reloader=SubprocessReloader(),
             on_close=daemon.issuers.close,
         )
-        daemon.scheduler = FakeScheduler()  # type: ignore[assignment]
+        scheduler = FakeScheduler()
+        daemon.scheduler = scheduler  # type: ignore[assignment]
+        daemon.planner = Planner(daemon.rotator, clock)
+        daemon.loop = ServiceLoop(
+            daemon.rotator, daemon.planner, clock, daemon.audit, scheduler.schedule, scheduler.submit
+        )
         try:
             yield daemon, path
         finally:

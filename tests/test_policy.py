@@ -6,11 +6,18 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rotatord.core import policy
-from rotatord.core.model import CertInfo, Http01Standalone, IssuedMeta, KeyType, ServiceSpec
+from rotatord.core.model import (
+    BudgetLimits,
+    CertInfo,
+    Http01Standalone,
+    IssuedMeta,
+    KeyType,
+    ServiceSpec,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DIRECTORY = "https://acme.test/directory"
@@ -153,18 +160,37 @@ def test_renewal_due_uses_lifetime_rule() -> None:
         (10, timedelta(hours=6)),
     ],
 )
-def test_next_attempt_ladder(failures: int, step: timedelta) -> None:
-    """Retries back off 1 min, 10 min, 100 min, then every 6 h."""
-    assert policy.next_attempt(failures, T0, None) == T0 + step
+def test_next_attempt_ladder_while_valid(failures: int, step: timedelta) -> None:
+    """With a valid certificate retries back off 1 min, 10 min, 100 min, then every 6 h."""
     assert policy.next_attempt(failures, T0, T0 + timedelta(days=30)) == T0 + step
 
 
-def test_next_attempt_retry_after_later_wins() -> None:
-    """A Retry-After later than the ladder step is honoured; an earlier one is not."""
-    later = T0 + timedelta(hours=3)
-    assert policy.next_attempt(1, T0, None, retry_after=later) == later
+@pytest.mark.parametrize(
+    ("failures", "step"),
+    [
+        (1, timedelta(minutes=1)),
+        (2, timedelta(minutes=10)),
+        (3, timedelta(hours=1)),
+        (10, timedelta(hours=1)),
+    ],
+)
+def test_next_attempt_without_valid_certificate_is_capped_at_an_hour(
+    failures: int, step: timedelta
+) -> None:
+    """Missing or expired: the ladder's long steps are cut to 1 h (never 6 h of outage)."""
+    assert policy.next_attempt(failures, T0, None) == T0 + step
+    assert policy.next_attempt(failures, T0, T0 - timedelta(hours=1)) == T0 + step
+
+
+def test_next_attempt_retry_after_later_wins_but_is_capped() -> None:
+    """A later Retry-After is honoured, capped at 1 day (1 h without a valid certificate)."""
+    valid = T0 + timedelta(days=30)
+    assert policy.next_attempt(1, T0, valid, T0 + timedelta(hours=3)) == T0 + timedelta(hours=3)
+    huge = T0 + timedelta(seconds=99_999_999)
+    assert policy.next_attempt(1, T0, valid, huge) == T0 + timedelta(days=1)
+    assert policy.next_attempt(1, T0, None, huge) == T0 + timedelta(hours=1)
     earlier = T0 + timedelta(seconds=5)
-    assert policy.next_attempt(1, T0, None, retry_after=earlier) == T0 + timedelta(minutes=1)
+    assert policy.next_attempt(1, T0, valid, earlier) == T0 + timedelta(minutes=1)
 
 
 def test_next_attempt_clamped_before_expiry() -> None:
@@ -172,27 +198,75 @@ def test_next_attempt_clamped_before_expiry() -> None:
     not_after = T0 + timedelta(hours=2)
     assert policy.next_attempt(4, T0, not_after) == T0 + timedelta(hours=1)
     far_retry_after = T0 + timedelta(days=1)
-    assert policy.next_attempt(1, T0, not_after, retry_after=far_retry_after) == T0 + timedelta(
-        hours=1
-    )
+    assert policy.next_attempt(1, T0, not_after, far_retry_after) == T0 + timedelta(hours=1)
 
 
-def test_next_attempt_after_expiry_is_not_clamped() -> None:
-    """Once expired, the ladder applies unclamped (there is no expiry left to protect)."""
-    not_after = T0 - timedelta(hours=1)
-    assert policy.next_attempt(4, T0, not_after) == T0 + timedelta(hours=6)
-
-
-def test_next_attempt_one_microsecond_before_expiry() -> None:
-    """With 1 µs of validity left the retry is no later than not_after (nothing lies between)."""
-    not_after = T0 + timedelta(microseconds=1)
-    assert T0 <= policy.next_attempt(4, T0, not_after) <= not_after
+def test_next_attempt_never_collapses_below_the_floor() -> None:
+    """Close to expiry halving stops at the floor: no sequence of retries seconds apart."""
+    not_after = T0 + timedelta(seconds=30)
+    assert policy.next_attempt(4, T0, not_after) == T0 + timedelta(minutes=1)
+    ladder = (timedelta(seconds=1),)
+    assert policy.next_attempt(1, T0, None, ladder=ladder) == T0 + timedelta(minutes=1)
+    floor = timedelta(seconds=20)
+    assert policy.next_attempt(1, T0, None, ladder=ladder, floor=floor) == T0 + floor
 
 
 def test_next_attempt_rejects_zero_failures() -> None:
     """next_attempt is only meaningful after at least one failure."""
     with pytest.raises(ValueError, match="failures"):
         policy.next_attempt(0, T0, None)
+
+
+def test_renew_before_longer_than_lifetime_is_clamped() -> None:
+    """renew_before ≥ 9/10 of the lifetime falls back to the default rule, named as clamped."""
+    info = CertInfo(1, ("a.test",), T0, T0 + timedelta(seconds=60))
+    assert policy.renew_before_clamped(info.lifetime, timedelta(minutes=2))
+    assert policy.renew_threshold(info.lifetime, timedelta(minutes=2)) == timedelta(seconds=30)
+    d = policy.decide(info, T0 + timedelta(seconds=1), renew_before=timedelta(minutes=2))
+    assert (d.due, d.reason) == (False, "renew_before_clamped")
+    assert not policy.renew_before_clamped(timedelta(days=90), timedelta(days=30))
+
+
+DUE = policy.Decision(True, T0, "lifetime_fraction")
+
+
+def test_plan_next_waits_a_tenth_of_the_lifetime_after_an_issuance() -> None:
+    """A certificate due again right after its issuance waits max(floor, lifetime/10)."""
+    hist = policy.History(last_issued_at=T0, issued_lifetime=timedelta(hours=12))
+    plan = policy.plan_next(DUE, hist, T0)
+    assert (plan.at, plan.why) == (T0 + timedelta(hours=1, minutes=12), "min_interval")
+    short = policy.History(last_issued_at=T0, issued_lifetime=timedelta(seconds=60))
+    assert policy.plan_next(DUE, short, T0).at == T0 + timedelta(minutes=1)
+
+
+def test_plan_next_missing_or_config_change_skip_the_lifetime_interval_not_the_floor() -> None:
+    """A deleted certificate or a changed config renews at once, but never twice a minute."""
+    hist = policy.History(last_order_at=T0, last_issued_at=T0, issued_lifetime=timedelta(days=90))
+    for reason in ("missing", "config_change:names"):
+        plan = policy.plan_next(policy.Decision(True, T0, reason), hist, T0 + timedelta(seconds=10))
+        assert plan.at == T0 + timedelta(minutes=1), reason
+
+
+def test_plan_next_honours_retry_budget_and_clock_going_back() -> None:
+    """Retry time and budget defer a due order; a future stamp counts as now."""
+    hist = policy.History(failures=2, retry_at=T0 + timedelta(minutes=10))
+    assert policy.plan_next(DUE, hist, T0).why == "retry"
+    assert policy.plan_next(DUE, hist, T0, ignore_retry=True).at == T0
+    budget = policy.plan_next(DUE, policy.History(), T0, budget_free_at=T0 + timedelta(days=2))
+    assert (budget.at, budget.why) == (T0 + timedelta(days=2), "budget_exhausted")
+    future = policy.History(last_order_at=T0 + timedelta(days=365))
+    assert policy.plan_next(DUE, future, T0).at == T0 + timedelta(minutes=1)
+
+
+def test_budget_free_at_counts_sliding_windows() -> None:
+    """The 6th certificate for a name set in a week waits until the first one leaves the week."""
+    limits = BudgetLimits(orders=300, certificates=5)
+    certs = [T0 + timedelta(hours=i) for i in range(5)]
+    now = T0 + timedelta(hours=5)
+    assert policy.budget_free_at([], certs[:4], limits, now) is None
+    assert policy.budget_free_at([], certs, limits, now) == T0 + timedelta(days=7)
+    orders = [now] * 300
+    assert policy.budget_free_at(orders, [], limits, now) == now + timedelta(hours=3)
 
 
 BASE_META = IssuedMeta(
@@ -313,24 +387,25 @@ def test_never_not_due_after_expiry(
     not_after_offset=st.none()
     | st.timedeltas(min_value=timedelta(days=-100), max_value=timedelta(days=100)),
     retry_after_offset=st.none()
-    | st.timedeltas(min_value=timedelta(days=-10), max_value=timedelta(days=100)),
+    | st.timedeltas(min_value=timedelta(days=-10), max_value=timedelta(days=10000)),
 )
 @example(failures=4, now=T0, not_after_offset=timedelta(microseconds=2), retry_after_offset=None)
-def test_next_attempt_in_future_and_before_expiry(
+def test_next_attempt_invariants(
     failures: int,
     now: datetime,
     not_after_offset: timedelta | None,
     retry_after_offset: timedelta | None,
 ) -> None:
-    """The next attempt is always after ``now`` and, while the cert is valid, before not_after."""
-    # With exactly 1 µs left no instant lies strictly between now and not_after, so the two
-    # strict bounds cannot both hold; that single gap is excluded (see the 1 µs table test).
-    assume(not_after_offset != timedelta(microseconds=1))
+    """Every retry is at least the floor away, at most a day (an hour without a valid
+    certificate), and, while valid with room to spare, before expiry."""
+    floor = policy.MIN_ORDER_INTERVAL
     not_after = None if not_after_offset is None else now + not_after_offset
     retry_after = None if retry_after_offset is None else now + retry_after_offset
     at = policy.next_attempt(failures, now, not_after, retry_after)
-    assert at > now
-    if not_after is not None and now < not_after:
+    assert at >= now + floor
+    valid = not_after is not None and now < not_after
+    assert at <= now + (timedelta(days=1) if valid else timedelta(hours=1))
+    if valid and not_after is not None and not_after - now > 2 * floor:
         assert at < not_after
 
 

@@ -42,7 +42,9 @@ from rotatord.core.model import (
     OutputSpec,
     ServiceSpec,
 )
-from rotatord.daemon import Daemon, DaemonLock
+from rotatord.daemon import DaemonLock, Planner, build_rotator
+from rotatord.daemon.loop import ServiceLoop
+from rotatord.daemon.verbs import Verbs
 from rotatord.deploy.outputs import publish
 from rotatord.deploy.reload import SubprocessReloader
 from rotatord.fsutil import FsOps
@@ -970,18 +972,29 @@ directory = "https://127.0.0.1:9/dir"
 """
         + svc("web", "pebble", 5002)
     )
-    daemon = Daemon(cfg, clock=FakeClock())
-    daemon.config = load_config(cfg)
-    daemon.audit = AuditLog(state / "audit.jsonl", FakeClock(), echo=False)
+    config = load_config(cfg)
+    clock = FakeClock()
+    audit = AuditLog(state / "audit.jsonl", clock, echo=False)
+    rotator = build_rotator(config, clock, audit=audit)
+    scheduled: list[str] = []
+    loop = ServiceLoop(
+        rotator,
+        Planner(rotator, clock),
+        clock,
+        audit,
+        lambda name, _at, _trigger: scheduled.append(name),
+        lambda job, _fn: scheduled.append(job),
+    )
+    verbs = Verbs(lambda: config, loop, lambda _uid: {"ok": True})
     path = short_tmp / "ctl.sock"
-    server = ControlServer(path, daemon._handle_control)
+    server = ControlServer(path, verbs.handle)
     server.start()
     try:
         reply = control.request(path, {"verb": "rotate", "service": "web", "force": True}, 10)
     finally:
         server.stop()
-        os.close(daemon._wake_r)
-        os.close(daemon._wake_w)
+        rotator.close()
+    assert scheduled == []
     assert reply["ok"] is False and reply.get("code") == "forbidden", reply
     records = read_audit(state / "audit.jsonl")
     assert [(r["event"], r["uid"], r["allowed"]) for r in records] == [

@@ -47,6 +47,18 @@ DEFAULT_RETRY_LADDER: tuple[timedelta, ...] = (
 
 
 @dataclass(frozen=True)
+class BudgetLimits:
+    """Issuance budget of one account: at most ``orders`` new orders per ``orders_window`` and
+    ``certificates`` certificates for one identifier set per ``certificates_window``. The
+    defaults are Let's Encrypt's published limits (300 orders / 3 h, 5 duplicates / 7 days)."""
+
+    orders: int = 300
+    orders_window: timedelta = timedelta(hours=3)
+    certificates: int = 5
+    certificates_window: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
 class DaemonSpec:
     state_dir: Path = Path("/var/lib/rotatord")
     audit_log: Path = Path("/var/log/rotatord/audit.jsonl")
@@ -57,6 +69,8 @@ class DaemonSpec:
     max_concurrent: int = 4
     log_format: str = "auto"  # auto | json | console
     retry_ladder: tuple[timedelta, ...] = DEFAULT_RETRY_LADDER
+    # The floor between two automatic orders of one service, retries included.
+    min_order_interval: timedelta = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class AcmeSpec:
     eab: EabSpec | None = None
     timeout_seconds: float = 30.0
     order_deadline_seconds: float = 120.0
+    budget: BudgetLimits = field(default_factory=BudgetLimits)
 
 
 # --------------------------------------------------------------------------- challenges

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rotatord.core.model import DEFAULT_RETRY_LADDER, CertInfo, IssuedMeta, ServiceSpec
+from rotatord.core.model import (
+    DEFAULT_RETRY_LADDER,
+    BudgetLimits,
+    CertInfo,
+    IssuedMeta,
+    ServiceSpec,
+)
 
 SHORT_LIFETIME = timedelta(days=10)
 # Jitter spreads renewals of many certificates over a slice of the renewal window so that a fleet
@@ -22,6 +28,19 @@ RETRY_LADDER = DEFAULT_RETRY_LADDER
 ARI_MIN_RECHECK = timedelta(minutes=1)
 ARI_MAX_RECHECK = timedelta(days=1)
 ARI_ERROR_RECHECK = timedelta(hours=6)
+# Loop invariants (see ``plan_next``): the floor between two automatic orders of one service, and
+# the share of a certificate's lifetime that must pass after its issuance before another one.
+MIN_ORDER_INTERVAL = timedelta(minutes=1)
+MIN_INTERVAL_FRACTION = 0.1
+# While a service has no valid certificate, waiting longer than this is never right: the CA's
+# Retry-After and the ladder's long steps are both cut to it.
+INVALID_RETRY_CAP = timedelta(hours=1)
+RETRY_AFTER_CAP = timedelta(days=1)
+# Reasons a certificate must be replaced although one was issued moments ago: there is none on
+# disk, or the operator changed what it must be issued for. Everything else waits out the
+# minimum interval after an issuance (a clock that jumped ahead makes a new certificate look
+# expired: re-ordering at once would only repeat that).
+URGENT_REASONS = ("missing", "config_change")
 
 
 @dataclass(frozen=True)
@@ -34,12 +53,22 @@ class Decision:
 
 
 def renew_threshold(lifetime: timedelta, renew_before: timedelta | None = None) -> timedelta:
-    """Remaining lifetime at which renewal becomes due: ⅓ of it, ½ for ≤ 10-day certificates."""
-    if renew_before is not None:
+    """Remaining lifetime at which renewal becomes due: ⅓ of it, ½ for ≤ 10-day certificates.
+
+    A ``renew_before`` that would leave less than the minimum interval (a tenth of the lifetime)
+    between issuance and renewal is clamped to the default rule: otherwise a certificate is due
+    again the moment it is issued, and the loop orders certificates as fast as the CA answers.
+    """
+    if renew_before is not None and not renew_before_clamped(lifetime, renew_before):
         return renew_before
     if lifetime <= SHORT_LIFETIME:
         return lifetime / 2
     return lifetime / 3
+
+
+def renew_before_clamped(lifetime: timedelta, renew_before: timedelta | None) -> bool:
+    """True when ``renew_before`` is too long for a certificate of ``lifetime`` (see above)."""
+    return renew_before is not None and renew_before > lifetime * (1 - MIN_INTERVAL_FRACTION)
 
 
 def renewal_time(
@@ -97,7 +126,12 @@ def decide(
             reason = "emergency"
     else:
         at = renewal_time(info, renew_before, jitter)
-        reason = "renew_before" if renew_before is not None else "lifetime_fraction"
+        if renew_before is not None and not renew_before_clamped(info.lifetime, renew_before):
+            reason = "renew_before"
+        elif renew_before is not None:
+            reason = "renew_before_clamped"
+        else:
+            reason = "lifetime_fraction"
     return Decision(now >= at, at, reason)
 
 
@@ -114,23 +148,117 @@ def next_attempt(
     not_after: datetime | None,
     retry_after: datetime | None = None,
     ladder: Sequence[timedelta] = RETRY_LADDER,
+    floor: timedelta = MIN_ORDER_INTERVAL,
 ) -> datetime:
     """When to try again after ``failures`` consecutive failures (``failures >= 1``).
 
-    The ladder is 1 min, 10 min, 100 min, then every 6 h; the CA's Retry-After moves it later; and
-    while the current certificate is still valid the retry always falls before its expiry (half way
-    to it if the ladder or the CA would overshoot), because an expired certificate is the outage
-    the whole daemon exists to prevent.
+    - The ladder (default 1 min, 10 min, 100 min, then every 6 h) never steps below ``floor``.
+    - The CA's Retry-After moves the retry later, capped at 1 day (1 h without a valid
+      certificate): a CA that says "in three years" must not silence a service for three years.
+    - Without a valid certificate (missing or expired) no wait exceeds 1 h: that is the outage.
+    - While the certificate is valid the retry falls before its expiry when it can: half way to
+      it, but never sooner than ``floor`` (halving without a floor collapses to a hot loop).
     """
     if failures < 1:
         raise ValueError("failures must be >= 1")
-    step = ladder[min(failures, len(ladder)) - 1]
+    step = max(ladder[min(failures, len(ladder)) - 1], floor)
+    valid = not_after is not None and now < not_after
+    if not valid:
+        step = min(step, max(INVALID_RETRY_CAP, floor))
     at = now + step
     if retry_after is not None and retry_after > at:
-        at = retry_after
-    if not_after is not None and now < not_after and at >= not_after:
-        at = max(now + (not_after - now) / 2, now + timedelta(microseconds=1))
+        cap = RETRY_AFTER_CAP if valid else max(INVALID_RETRY_CAP, floor)
+        at = min(retry_after, now + cap)
+    if valid and not_after is not None and at >= not_after:
+        at = max(now + floor, now + (not_after - now) / 2)
     return at
+
+
+def min_order_interval(
+    lifetime: timedelta | None, floor: timedelta = MIN_ORDER_INTERVAL
+) -> timedelta:
+    """Least time between an issuance and the next automatic order: a tenth of the lifetime."""
+    if lifetime is None:
+        return floor
+    return max(floor, lifetime * MIN_INTERVAL_FRACTION)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """When a service's next automatic order may go out, and why then (``status`` shows it)."""
+
+    at: datetime
+    why: str
+    ari_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """What the loop remembers about a service's past orders (from its status)."""
+
+    failures: int = 0
+    retry_at: datetime | None = None
+    last_order_at: datetime | None = None
+    last_issued_at: datetime | None = None
+    issued_lifetime: timedelta | None = None
+
+
+def plan_next(
+    decision: Decision,
+    history: History,
+    now: datetime,
+    *,
+    floor: timedelta = MIN_ORDER_INTERVAL,
+    budget_free_at: datetime | None = None,
+    ignore_retry: bool = False,
+) -> Plan:
+    """The one place the loop's invariants meet: when may the next *automatic* order go out.
+
+    A due certificate waits for the latest of: its retry time after failures (unless
+    ``ignore_retry``: the operator changed the config), ``floor`` after the last order of any
+    kind, a tenth of the lifetime after the last issuance (unless nothing is installed or the
+    config changed), and the issuance budget's next free slot. Past timestamps from a clock that
+    went backwards count as "now", so a jump back never blocks a service for longer than the
+    interval itself.
+    """
+    if not decision.due:
+        return Plan(decision.at, decision.reason)
+    candidates: list[tuple[datetime, str]] = [(now, decision.reason)]
+    if history.failures and history.retry_at is not None and not ignore_retry:
+        candidates.append((history.retry_at, "retry"))
+    if history.last_order_at is not None:
+        candidates.append((min(history.last_order_at, now) + floor, "min_interval"))
+    urgent = decision.reason.startswith(URGENT_REASONS)
+    if history.last_issued_at is not None and not urgent:
+        gap = min_order_interval(history.issued_lifetime, floor)
+        candidates.append((min(history.last_issued_at, now) + gap, "min_interval"))
+    if budget_free_at is not None:
+        candidates.append((budget_free_at, "budget_exhausted"))
+    at, why = max(candidates, key=lambda c: c[0])
+    if at <= now:
+        return Plan(now, decision.reason)
+    return Plan(at, why)
+
+
+def budget_free_at(
+    orders: Sequence[datetime],
+    certificates: Sequence[datetime],
+    limits: BudgetLimits,
+    now: datetime,
+) -> datetime | None:
+    """None when one more order (that may yield one more certificate) fits the budget; else the
+    moment the oldest counted event leaves its window and a slot frees up."""
+    waits: list[datetime] = []
+    for events, limit, window in (
+        (orders, limits.orders, limits.orders_window),
+        (certificates, limits.certificates, limits.certificates_window),
+    ):
+        # An event stamped in the future (the clock went back) counts as now: it still uses a
+        # slot, but never blocks for longer than one window.
+        recent = sorted(min(t, now) for t in events if min(t, now) > now - window)
+        if len(recent) >= limit:
+            waits.append(recent[len(recent) - limit] + window)
+    return max(waits) if waits else None
 
 
 def jitter_for(service: str, serial: int) -> float:

@@ -20,160 +20,42 @@ datetimes that come out are aware UTC.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import requests
 from acme import challenges, errors, messages
 from acme.client import ClientNetwork, ClientV2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from josepy.json_util import field as jose_field
 from josepy.jwa import ES256
-from josepy.jwk import JWK, JWKEC
+from josepy.jwk import JWKEC
 
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec, Challenge
-from rotatord.fsutil import atomic_write, ensure_tree, read_file_nofollow
-from rotatord.issuing import IssuedCertificate, RenewalInfo
+from rotatord.issuing import IssuedCertificate, RenewalInfo, account
+from rotatord.issuing.acme_net import (
+    NewOrderWithReplaces,
+    _Network,
+    _parse_retry_after,
+    problem_code,
+    translate,
+)
 from rotatord.issuing.challenges.http01 import Http01Responder
 from rotatord.observe.logging import get_logger
 
 log = get_logger("rotatord.issuing")
 
 USER_AGENT = "rotatord/0.1 (+acme-python)"
-# At Pebble's 50 % rejection, 11 tries fail one POST in 2,048 (a 20-order run failed ~7 % of
-# the time); 31 tries make that one in two billion. A bad nonce costs one round trip.
-MAX_BAD_NONCE_RETRIES = 30
 POLL_SCHEDULE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 MAX_IDLE_NETWORKS = 8
 DIRECTORY_RETRY_S = 5.0
 
-# Problems that will not go away by asking again later with the same request.
-PERMANENT_PROBLEMS = frozenset(
-    {
-        "malformed",
-        "badCSR",
-        "rejectedIdentifier",
-        "unsupportedIdentifier",
-        "externalAccountRequired",
-        "invalidContact",
-        "unsupportedContact",
-        "badSignatureAlgorithm",
-        "badPublicKey",
-        "caa",
-        "alreadyRevoked",
-        "badRevocationReason",
-    }
-)
-ERROR_PREFIX = "urn:ietf:params:acme:error:"
-
 T = TypeVar("T")
-
-
-class NewOrderWithReplaces(messages.NewOrder):
-    """acme 5.9's NewOrder lacks RFC 9773's ``replaces``."""
-
-    replaces: str = jose_field("replaces", omitempty=True)
-
-
-def problem_code(exc: messages.Error) -> str | None:
-    """The RFC 8555 error name (``badNonce``) of a problem. acme's ``Error.code`` only knows
-    the names of its own release (no ``alreadyReplaced``), so read the URN ourselves."""
-    typ = str(exc.typ or "")
-    return typ[len(ERROR_PREFIX) :] if typ.startswith(ERROR_PREFIX) else None
-
-
-def _parse_retry_after(value: str | None, now: datetime) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return now + timedelta(seconds=max(0, int(value)))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-class _Network(ClientNetwork):
-    """ClientNetwork that keeps what acme 5.9 throws away on errors, and retries badNonce."""
-
-    def __init__(self, *args: Any, clock: Clock, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.clock = clock
-        self.last_retry_after: datetime | None = None
-        self.last_status: int | None = None
-
-    def _check_response(  # type: ignore[override]
-        self, response: requests.Response, content_type: str | None = None
-    ) -> requests.Response:
-        if not response.ok:
-            self.last_status = response.status_code
-            self.last_retry_after = _parse_retry_after(
-                response.headers.get("Retry-After"), self.clock.now()
-            )
-            if response.status_code == 409:
-                # acme turns every 409 into ConflictError(location) and loses the problem type
-                # (e.g. alreadyReplaced); surface the problem document when there is one.
-                try:
-                    jobj = response.json()
-                except ValueError:
-                    jobj = None
-                if isinstance(jobj, dict) and "type" in jobj:
-                    raise messages.Error.from_json(jobj)
-        return super()._check_response(response, content_type=content_type)
-
-    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
-        for _ in range(MAX_BAD_NONCE_RETRIES):
-            try:
-                return self._post_once(*args, **kwargs)
-            except messages.Error as error:
-                if problem_code(error) != "badNonce":
-                    raise
-        return self._post_once(*args, **kwargs)
-
-
-def translate(exc: BaseException, net: _Network | None, what: str) -> IssuanceError:
-    """Map any acme/requests error to IssuanceError with the fields callers branch on."""
-    retry_after = net.last_retry_after if net else None
-    status = net.last_status if net else None
-    if isinstance(exc, messages.Error):
-        code = problem_code(exc)
-        return IssuanceError(
-            f"{what}: {exc.typ}: {exc.detail or ''}".rstrip(": "),
-            retryable=code not in PERMANENT_PROBLEMS,
-            problem_type=exc.typ,
-            retry_after=retry_after,
-            status=status,
-        )
-    if isinstance(exc, errors.ValidationError):
-        problems = []
-        ptype = None
-        for authzr in exc.failed_authzrs:
-            for chall in authzr.body.challenges:
-                if chall.error is not None:
-                    ptype = ptype or chall.error.typ
-                    problems.append(f"{authzr.body.identifier.value}: {chall.error.detail}")
-        return IssuanceError(
-            f"{what}: validation failed: " + "; ".join(problems),
-            retryable=True,
-            problem_type=ptype,
-        )
-    if isinstance(exc, requests.RequestException):
-        return IssuanceError(f"{what}: cannot reach the CA: {exc}", retryable=True)
-    if isinstance(exc, errors.Error):
-        return IssuanceError(f"{what}: {exc}", retryable=True, status=status)
-    return IssuanceError(f"{what}: {type(exc).__name__}: {exc}", retryable=True)
 
 
 class AcmeIssuer:
@@ -277,49 +159,18 @@ class AcmeIssuer:
 
     def _account_key(self) -> JWKEC:
         with self._lock:
-            if self._key is not None:
-                return self._key
-            ensure_tree(self._account_dir, 0o700)
-            path = self._account_dir / "key.json"
-            try:
-                key = JWK.json_loads(read_file_nofollow(path))
-            except FileNotFoundError:
-                key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-                atomic_write(path, key.json_dumps().encode(), 0o600)
-            if not isinstance(key, JWKEC):
-                raise IssuanceError(f"{path}: account key is not an EC key", retryable=False)
-            self._key = key
-            return key
+            if self._key is None:
+                self._key = account.load_or_create_key(self._account_dir)
+            return self._key
 
     def _load_account_uri(self) -> str | None:
         with self._lock:
             if self._account_uri:
                 return self._account_uri
-        try:
-            doc = json.loads(read_file_nofollow(self._account_dir / "regr.json"))
-        except (FileNotFoundError, ValueError):
-            return None
-        if doc.get("directory") != self.spec.directory:
-            return None  # the account belongs to another CA: register anew
-        uri = doc.get("uri")
-        return uri if isinstance(uri, str) else None
+        return account.load_uri(self._account_dir, self.spec.directory)
 
     def _register(self, client: ClientV2) -> str:
-        eab = None
-        if self.spec.eab is not None:
-            hmac_key = read_file_nofollow(self.spec.eab.hmac_key_file).decode().strip()
-            eab = messages.ExternalAccountBinding.from_data(
-                account_public_key=self._account_key().public_key(),
-                kid=self.spec.eab.kid,
-                hmac_key=hmac_key,
-                directory=client.directory,
-            )
-        emails = [c.removeprefix("mailto:") for c in self.spec.contact]
-        reg = messages.NewRegistration.from_data(
-            email=",".join(emails) if emails else None,
-            terms_of_service_agreed=True,
-            external_account_binding=eab,
-        )
+        reg = account.new_registration(self.spec, self._account_key(), client.directory)
         # newAccount must be signed with the JWK, not a kid: forget any account we thought we had
         # (after a CA lost our account, the stale kid would be rejected as "No JWK in JWS header").
         client.net.account = None
@@ -329,8 +180,7 @@ class AcmeIssuer:
         except errors.ConflictError as exc:
             uri = exc.location  # the key is already registered: that account is ours
         client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        doc = {"uri": uri, "directory": self.spec.directory}
-        atomic_write(self._account_dir / "regr.json", (json.dumps(doc) + "\n").encode(), 0o600)
+        account.save_uri(self._account_dir, uri, self.spec.directory)
         with self._lock:
             self._account_uri = uri
         log.info("acme_account_registered", account=self.spec.name, uri=uri)

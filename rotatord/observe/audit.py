@@ -56,6 +56,9 @@ EVENTS = frozenset(
         "daemon_started",
         "daemon_stopped",
         "alarm",
+        "budget_exhausted",
+        "config_warning",
+        "rotation_resumed",
     }
 )
 GENESIS = "0" * 64

@@ -62,7 +62,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             except ValueError as exc:
                 reply = {"ok": False, "error": f"bad request: {exc}"}
             else:
-                reply = self.server.dispatch(request, peer)
+                reply = self.server.tracked_dispatch(request, peer)
         with contextlib.suppress(OSError):
             self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
 
@@ -72,7 +72,21 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: str, dispatch: Handler) -> None:
         self.dispatch = dispatch
+        # Requests being answered: a stop waits for them so a rotation asked for over the socket
+        # finishes and its caller gets the reply, instead of the process exiting under it.
+        self.busy = 0
+        self.idle = threading.Condition()
         super().__init__(path, _RequestHandler)
+
+    def tracked_dispatch(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        with self.idle:
+            self.busy += 1
+        try:
+            return self.dispatch(request, peer)
+        finally:
+            with self.idle:
+                self.busy -= 1
+                self.idle.notify_all()
 
 
 class ControlServer:
@@ -117,10 +131,19 @@ class ControlServer:
         )
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """Stop taking connections (requests already being answered go on)."""
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, wait up to ``timeout`` for answers in progress, close."""
+        server = self._server
+        if server is not None:
+            server.shutdown()
+            with server.idle:
+                server.idle.wait_for(lambda: not server.busy, timeout)
+            server.server_close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         if self._thread is not None:

@@ -27,7 +27,6 @@ import re
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from rotatord.fsutil import (
     write_new_file,
     zero_file,
 )
+from rotatord.store.port import Bundle, RecoveryReport, Version
 
 KEY_FILE = "privkey.pem"
 CERT_FILE = "cert.pem"
@@ -59,34 +59,6 @@ PUBLIC_MODE = 0o644
 DIR_MODE = 0o755
 VERSION_RE = re.compile(r"^\d{8}T\d{6}(?:\.\d{3})?Z-[0-9a-f]{8}(?:\.\d+)?$")
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """Everything one version holds. ``key_pem`` is secret: never log or repr it."""
-
-    key_pem: bytes = field(repr=False)
-    cert_pem: bytes
-    chain_pem: bytes
-    meta: IssuedMeta
-
-    @property
-    def fullchain_pem(self) -> bytes:
-        return self.cert_pem + self.chain_pem
-
-
-@dataclass(frozen=True)
-class Version:
-    name: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    removed_temp: tuple[str, ...] = ()
-    removed_incomplete: tuple[str, ...] = ()
-    repointed_current: str | None = None
-    current: str | None = None
 
 
 def meta_to_json(meta: IssuedMeta, extra: dict[str, Any] | None = None) -> bytes:
@@ -142,6 +114,7 @@ class ServiceStore:
         self.current_link = self.dir / "current"
         self.lock_path = self.dir / ".lock"
         self.status_path = self.dir / "status.json"
+        self.journal_path = self.dir / "journal.json"
         self._ops = ops
         self._key_mode = key_mode
         self._key_gid = key_gid
@@ -157,8 +130,13 @@ class ServiceStore:
     def lock(self, *, blocking: bool = True) -> Iterator[None]:
         """Hold the service's flock. Works across processes and across threads of one process
         (each call opens its own file description)."""
-        self.ensure_layout()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self.ensure_layout()
+            fd = self._ops.open_lock(self.lock_path)
+        except OSError as exc:
+            # EROFS/ENOSPC/EACCES on the lock file is a rotation failure like any other: the
+            # caller records it; it must never escape as a bare OSError (a crashed job).
+            raise StoreError(f"{self.lock_path}: cannot open lock: {exc.strerror or exc}") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -329,28 +307,39 @@ class ServiceStore:
     # ------------------------------------------------------------------ status
 
     def read_status(self) -> dict[str, Any]:
+        return self._read_doc(self.status_path)
+
+    def write_status(self, doc: dict[str, Any]) -> None:
+        self._write_doc(self.status_path, doc)
+
+    def read_journal(self) -> dict[str, Any]:
+        """The persisted phase of the service's last rotation (``rotation.journal``)."""
+        return self._read_doc(self.journal_path)
+
+    def write_journal(self, doc: dict[str, Any]) -> None:
+        self._write_doc(self.journal_path, doc)
+
+    def _read_doc(self, path: Path) -> dict[str, Any]:
         try:
-            data = read_file_nofollow(self.status_path)
-            doc = json.loads(data)
-        except FileNotFoundError:
-            return {}
+            doc = json.loads(read_file_nofollow(path))
         except (OSError, ValueError, StoreError):
             return {}
         return doc if isinstance(doc, dict) else {}
 
-    def write_status(self, doc: dict[str, Any]) -> None:
-        self.ensure_layout()
-        data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    def _write_doc(self, path: Path, doc: dict[str, Any]) -> None:
+        data = (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode()
         try:
-            atomic_write(self.status_path, data, 0o644, self._ops)
+            self.ensure_layout()
+            atomic_write(path, data, 0o644, self._ops)
         except OSError as exc:
-            raise StoreError(f"{self.status_path}: cannot write: {exc.strerror}") from exc
+            raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
     # ------------------------------------------------------------------ recovery
 
     def _looks_clean(self) -> bool:
         if any(
-            e.startswith((".current" + TEMP_PREFIX, ".status.json.")) for e in os.listdir(self.dir)
+            e.startswith((".current" + TEMP_PREFIX, ".status.json.", ".journal.json."))
+            for e in os.listdir(self.dir)
         ):
             return False
         try:
@@ -383,7 +372,7 @@ class ServiceStore:
             return RecoveryReport(current=current.name if current else None)
         removed_temp: list[str] = []
         for entry in os.listdir(self.dir):
-            if entry.startswith(".current" + TEMP_PREFIX) or entry.startswith(".status.json."):
+            if entry.startswith((".current" + TEMP_PREFIX, ".status.json.", ".journal.json.")):
                 os.unlink(self.dir / entry)
                 removed_temp.append(entry)
         if os.path.isdir(self.versions_dir):

@@ -1,0 +1,117 @@
+"""Control verbs: what the daemon answers on its control socket.
+
+Rules: the caller's uid (from SO_PEERCRED) is audited for every request and checked against
+``control_allowed_uids`` before anything else; a verb never raises (errors become replies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from rotatord.core.errors import RotatordError
+from rotatord.core.model import Config, Trigger
+from rotatord.daemon.loop import ServiceLoop
+from rotatord.rotation import service_status
+from rotatord.runtime.control import Peer
+
+
+class Verbs:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        loop: ServiceLoop,
+        reload_config: Callable[[int | None], dict[str, Any]],
+    ) -> None:
+        self._config = config
+        self._loop = loop
+        self._reload = reload_config
+
+    def handle(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        verb = req.get("verb")
+        config = self._config()
+        allowed = peer.uid in config.daemon.control_allowed_uids
+        with contextlib.suppress(RotatordError):
+            self._loop.audit.emit(
+                "control_request",
+                verb=str(verb),
+                service=req.get("service"),
+                uid=peer.uid,
+                pid=peer.pid,
+                allowed=allowed,
+            )
+        if not allowed:
+            return {"ok": False, "error": f"uid {peer.uid} is not allowed", "code": "forbidden"}
+        try:
+            if verb == "ping":
+                return {"ok": True, "pid": os.getpid()}
+            if verb == "status":
+                return {"ok": True, "services": self.status(req.get("services"))}
+            if verb == "reload-config":
+                return self._reload(peer.uid)
+            if verb == "rotate":
+                return self.rotate(req, peer)
+            if verb == "revoke":
+                return self.revoke(req, peer)
+        except RotatordError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": f"unknown verb {verb!r}"}
+
+    def rotate(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        # One request is one batch: shared reload targets run once for all of its services.
+        config = self._config()
+        if req.get("all"):
+            requested: list[Any] = list(config.services)
+        elif isinstance(req.get("services"), list):
+            requested = list(req["services"])
+        else:
+            requested = [req.get("service")]
+        names: list[str] = []
+        for n in requested:
+            if not isinstance(n, str) or n not in config.services:
+                return {"ok": False, "error": f"unknown service {n!r}", "code": "unknown"}
+            names.append(n)
+        force = bool(req.get("force"))
+        rotator = self._loop.rotator
+        batch = rotator.rotate_batch(names, trigger=Trigger.MANUAL, force=force, uid=peer.uid)
+        results = []
+        for res in batch:
+            self._loop.schedule_next(res.service)
+            results.append(res.summary())
+        return {
+            "ok": all(r["outcome"] in ("rotated", "not_due") for r in results),
+            "results": results,
+        }
+
+    def revoke(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        name = req.get("service")
+        if not isinstance(name, str) or name not in self._config().services:
+            return {"ok": False, "error": f"unknown service {name!r}", "code": "unknown"}
+        revoked, res = self._loop.rotator.revoke(
+            name, str(req.get("reason", "unspecified")), uid=peer.uid
+        )
+        self._loop.schedule_next(name)
+        doc = res.summary()
+        return {"ok": doc["outcome"] == "rotated", "revoked": revoked, "results": [doc]}
+
+    def status(self, names: Any) -> list[dict[str, Any]]:
+        config = self._config()
+        wanted = names if isinstance(names, list) and names else list(config.services)
+        now = self._loop.clock.now()
+        docs = []
+        for n in wanted:
+            doc = service_status(self._loop.rotator, str(n), now)
+            plan, ari = self._loop.planner.planned_for(str(n))
+            if plan is not None:
+                doc["next_action"] = {"at": plan.at.isoformat(), "why": plan.why}
+            if ari is not None and ari.window is not None:
+                doc["ari"] = {
+                    "window_start": ari.window[0].isoformat(),
+                    "window_end": ari.window[1].isoformat(),
+                    "chosen": ari.chosen.isoformat() if ari.chosen else None,
+                    "explanation_url": ari.explanation_url,
+                }
+            docs.append(doc)
+        return docs
