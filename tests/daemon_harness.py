@@ -36,16 +36,24 @@ def write_config(
     because a daemon may be watching the file."""
     directory = pebble if isinstance(pebble, str) else pebble.directory_url
     bundle = ca_bundle or (None if isinstance(pebble, str) else pebble.ca_bundle)
+    # Tests renew seconds-long certificates many times: a short floor between orders and a
+    # budget far above a public CA's (production defaults: 1 min, and Let's Encrypt's limits).
+    floor = "" if "min_order_interval" in daemon_extra else 'min_order_interval = "5s"'
     text = f"""
 [daemon]
 state_dir = "{state}"
 audit_log = "{state}/audit.jsonl"
 control_socket = "{state}/ctl.sock"
+{floor}
 {daemon_extra}
 
 [acme.pebble]
 directory = "{directory}"
 ca_bundle = "{bundle}"
+
+[acme.pebble.budget]
+orders = 1000000
+certificates = 1000000
 
 {services}
 """

@@ -100,6 +100,9 @@ def _leaf(
     )
 
 
+DEFAULT_DIRECTORY = "https://fake-ca.test/directory"
+
+
 class FakeCA:
     """An in-memory ACME CA implementing the ``Issuer`` protocol.
 
@@ -119,7 +122,7 @@ class FakeCA:
         self,
         clock: NowClock,
         lifetime: timedelta = timedelta(days=90),
-        directory_url: str = "https://fake-ca.test/directory",
+        directory_url: str = DEFAULT_DIRECTORY,
         ca: CertificateAuthority | None = None,
         *,
         backdate: timedelta = timedelta(0),

@@ -610,7 +610,12 @@ def reloading_daemon() -> Iterator[tuple[Daemon, Path]]:
         daemon.scheduler = scheduler  # type: ignore[assignment]
         daemon.planner = Planner(daemon.rotator, clock)
         daemon.loop = ServiceLoop(
-            daemon.rotator, daemon.planner, clock, daemon.audit, scheduler.schedule, scheduler.submit
+            daemon.rotator,
+            daemon.planner,
+            clock,
+            daemon.audit,
+            scheduler.schedule,
+            scheduler.submit,
         )
         try:
             yield daemon, path

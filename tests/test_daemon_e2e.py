@@ -202,7 +202,7 @@ def test_retry_ladder_persists_across_restart_and_reregisters(
     pebble = pebble_factory()
     state = short_tmp / "state"
     cfg = short_tmp / "r.toml"
-    ladder = 'retry_ladder = ["2s", "3s", "4s"]'
+    ladder = 'retry_ladder = ["5s", "6s", "7s"]'
     write_config(cfg, pebble, state, service("web", pebble.http_port), ladder)
     assert run_cli(cfg, "rotate", "web").returncode == 0
     regr = json.loads((state / "accounts" / "pebble" / "regr.json").read_text())
@@ -224,7 +224,7 @@ def test_retry_ladder_persists_across_restart_and_reregisters(
     )
     failures = events(records, "rotation_failed", "web")
     assert [f["failures"] for f in failures[:3]] == [1, 2, 3], "the count survived the restart"
-    steps = [2, 3, 4]
+    steps = [5, 6, 7]
     for f, step in zip(failures[:3], steps, strict=True):
         delta = datetime.fromisoformat(f["next_attempt"]) - datetime.fromisoformat(f["attempt_at"])
         assert delta == timedelta(seconds=step)

@@ -36,6 +36,10 @@ control_socket = "{state}/control.sock"
 directory = "{pebble.directory_url}"
 ca_bundle = "{pebble.ca_bundle}"
 
+[acme.pebble.budget]
+orders = 1000000
+certificates = 1000000
+
 {services}
 """
     )

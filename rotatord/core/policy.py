@@ -37,10 +37,11 @@ MIN_INTERVAL_FRACTION = 0.1
 INVALID_RETRY_CAP = timedelta(hours=1)
 RETRY_AFTER_CAP = timedelta(days=1)
 # Reasons a certificate must be replaced although one was issued moments ago: there is none on
-# disk, or the operator changed what it must be issued for. Everything else waits out the
-# minimum interval after an issuance (a clock that jumped ahead makes a new certificate look
-# expired: re-ordering at once would only repeat that).
-URGENT_REASONS = ("missing", "config_change")
+# disk, the operator changed what it must be issued for, or the CA itself asks (an ARI window in
+# the past: an incident, a mass revocation). Reasons our own clock computes wait out the minimum
+# interval after an issuance (a clock that jumped ahead makes a new certificate look expired:
+# re-ordering at once would only repeat that). The floor and the budget bind every reason.
+URGENT_REASONS = ("missing", "config_change", "ari_window")
 
 
 @dataclass(frozen=True)
@@ -221,9 +222,10 @@ def plan_next(
     went backwards count as "now", so a jump back never blocks a service for longer than the
     interval itself.
     """
-    if not decision.due:
-        return Plan(decision.at, decision.reason)
-    candidates: list[tuple[datetime, str]] = [(now, decision.reason)]
+    # Not due yet: the same constraints apply from the moment it becomes due, so the plan (and
+    # what ``status`` shows) is when the order will really go out, not when it merely may.
+    start = now if decision.due else decision.at
+    candidates: list[tuple[datetime, str]] = [(start, decision.reason)]
     if history.failures and history.retry_at is not None and not ignore_retry:
         candidates.append((history.retry_at, "retry"))
     if history.last_order_at is not None:
@@ -235,8 +237,8 @@ def plan_next(
     if budget_free_at is not None:
         candidates.append((budget_free_at, "budget_exhausted"))
     at, why = max(candidates, key=lambda c: c[0])
-    if at <= now:
-        return Plan(now, decision.reason)
+    if at <= start:
+        return Plan(max(start, now) if decision.due else start, decision.reason)
     return Plan(at, why)
 
 

@@ -103,6 +103,7 @@ class ServiceLoop:
         """Scheduler entry: rotate if due, then always plan the next run."""
         if self.stopping:
             return
+        known: Plan | None = None
         try:
             if name not in self.rotator.config.services:
                 return
@@ -115,12 +116,14 @@ class ServiceLoop:
                 log.info(
                     "scheduled_rotation", service=name, outcome=result.outcome.value, why=plan.why
                 )
+            else:
+                known = plan  # nothing ran: the plan just made still holds
         except ShuttingDown:
             return
         except Exception as exc:  # noqa: BLE001 - rotations record their own failures; this is a bug
             log.error("job_failed", service=name, error=str(exc), error_type=type(exc).__name__)
         finally:
-            self.schedule_next(name)
+            self.schedule_next(name, known)
 
     def _plan(self, name: str, *, ignore_retry: bool = False) -> Plan:
         try:

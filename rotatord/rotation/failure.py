@@ -136,6 +136,10 @@ def record_success(ctx: Ctx, *, clock: Clock, book: StatusBook) -> RotationResul
         next_attempt=None,
         last_rotation_id=ctx.rotation_id,
         deferred=None,
+        # Only an installed certificate starts the "a tenth of its lifetime" interval: one the
+        # CA issued but we could not install must be retried on the ladder, not days later.
+        last_issued_at=ctx.extra.get("issued_at", now),
+        issued_lifetime_s=ctx.new.info.lifetime.total_seconds(),
     )
     try:
         ctx.audit.emit(

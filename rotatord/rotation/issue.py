@@ -86,9 +86,7 @@ class IssueStep:
         info = keys.cert_info(chain[0])
         issued_at = clock.now()
         r.ledger.record_certificate(spec.account, spec.domains, issued_at, limits)
-        r.book.update(
-            store, last_issued_at=issued_at, issued_lifetime_s=info.lifetime.total_seconds()
-        )
+        ctx.extra["issued_at"] = issued_at
         ctx.new_cert_fp = keys.cert_fingerprint(chain[0])
         audit.emit(
             "certificate_issued",

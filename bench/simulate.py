@@ -1,0 +1,481 @@
+"""Deterministic simulation of the renewal loop (FoundationDB/TigerBeetle-style).
+
+The real ``Rotator``, ``Planner`` and ``ServiceLoop`` run against a real store in a tmpfs
+directory, with the fakes behind the ports (``tests/fakes.py``): a fake CA with random outages,
+rate limits with huge Retry-After values, slow and bad responses; storage faults (ENOSPC, EIO,
+EROFS) through the FsOps seam; crashes at random points followed by a restart (a new rotator,
+planner and loop over the same disk: the in-memory book is lost, as in a real restart); and
+clock jumps forward and back. Only the clock and the event order are simulated.
+
+After every step it checks the loop's invariants and counts violations:
+
+- ``runaway_floor``       two automatic orders of one service closer than the floor
+- ``runaway_interval``    an automatic order sooner than a tenth of the lifetime after a
+                          successful rotation, without an urgent reason
+- ``budget``              more certificates for one name set per 7 days, or orders per 3 h,
+                          than the account's budget
+- ``expired_while_healthy`` a certificate expired although the CA and the disk were healthy
+                          for the whole last hour before its expiry
+- ``stuck_invalid``       a service without a valid certificate for more than an hour (+ the
+                          floor) of continuous health
+- ``unfinished``          after a restart's start-up batch, a rotation journal left unfinished
+                          while the disk was healthy
+- ``stale_consumer``      after a restart's start-up batch on a healthy disk, a consumer not
+                          serving the current version
+- ``hidden_failure``      a failed rotation that ``status`` does not show
+
+It prints ``service_years=N violations=K seed=S`` (and the violations by name); the same seed
+reproduces the same run exactly. ``--sabotage NAME`` removes one guard to show the matching
+invariant catches it (the tests in ``tests/test_simulate.py`` do this for each).
+
+    PYTHONPATH=. python3 bench/simulate.py --service-years 1000 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from rotatord.clock import FakeClock
+from rotatord.core import policy
+from rotatord.core.model import BudgetLimits, Trigger
+from rotatord.daemon.loop import ServiceLoop
+from rotatord.rotation import journal, read_installed, service_status
+from rotatord.rotation.state import UNFINISHED
+from tests.world import EventLoop, World, make_loop, make_world, service
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+YEAR = timedelta(days=365)
+SABOTAGES = ("floor", "interval", "budget", "retry_cap", "resume", "status")
+URGENT = ("missing", "config_change", "ari_window")
+
+
+class Crash(BaseException):
+    """A SIGKILL at this exact point: nothing in rotatord may catch it."""
+
+
+@dataclass
+class Health:
+    """Unhealthy periods (CA down/limiting, disk faulty), to judge expiries fairly."""
+
+    spans: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+    def add(self, start: datetime, end: datetime) -> None:
+        self.spans.append((start, end))
+
+    def healthy(self, start: datetime, end: datetime) -> bool:
+        return not any(s < end and e > start for s, e in self.spans)
+
+
+@dataclass
+class Stats:
+    violations: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+    crashes: int = 0
+    rotations: int = 0
+    orders: int = 0
+
+    def flag(self, name: str, detail: str) -> None:
+        self.violations[name] += 1
+        self.examples.setdefault(name, detail)
+
+
+class Simulation:
+    def __init__(self, seed: int, services: int, root: Path, sabotage: str | None) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.root = root
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        lifetimes = [timedelta(days=90), timedelta(days=45), timedelta(days=6)]
+        # Several names, its own reload and two shared targets per service, like production.
+        specs = [
+            service(f"s{i:02d}", targets=["nginx", "haproxy"][: 1 + i % 2], names=2 + i % 2)
+            for i in range(services)
+        ]
+        self.world: World = make_world(
+            root, specs, start=start, targets=["nginx", "haproxy"], budget=BudgetLimits()
+        )
+        # One CA lifetime per run keeps the fake CA simple; seeds vary it.
+        self.world.ca.lifetime = lifetimes[seed % len(lifetimes)]
+        self.clock: FakeClock = self.world.clock
+        self.health = Health()
+        self.stats = Stats()
+        self.sabotage = sabotage
+        self.events = EventLoop(self.clock)
+        self.loop: ServiceLoop = make_loop(self.world, self.events)
+        self.names = [s.name for s in specs]
+        self.faults_until: dict[str, datetime] = {}
+        self.next_fault = start + self._gap()
+        self.last_order: dict[str, tuple[datetime, bool]] = {}  # (at, automatic)
+        self.last_success: dict[str, tuple[datetime, timedelta]] = {}
+        self.invalid_since: dict[str, datetime] = {}
+        self.checked_expiry: set[int] = set()
+        self.crash_armed = False
+        self._current: tuple[Any, bool] | None = None
+        self._wire()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _gap(self) -> timedelta:
+        """Time to the next fault: on average one every 3 days."""
+        return timedelta(seconds=self.rng.expovariate(1 / (3 * 86400)))
+
+    def _wire(self) -> None:
+        ca, reloader, ops = self.world.ca, self.world.reloader, self.world.ops
+        ca.before_issue = self._before_issue
+        reloader.on_run = lambda _a, _e: self._maybe_crash("reload")
+        original_fsync = ops.fsync_dir
+
+        def fsync_dir(path: Path) -> None:
+            self._maybe_crash("fsync_dir")
+            original_fsync(path)
+
+        ops.fsync_dir = fsync_dir  # type: ignore[method-assign]
+
+    def _before_issue(self, _number: int) -> None:
+        self._maybe_crash("order")
+        self.stats.orders += 1
+        if self._current is not None:
+            ctx, automatic = self._current
+            self._check_order(ctx.spec.name, self.clock.now(), automatic, ctx.reason)
+
+    def _maybe_crash(self, where: str) -> None:
+        if self.crash_armed and self.rng.random() < 0.35:
+            self.crash_armed = False
+            raise Crash(where)
+
+    # ------------------------------------------------------------------ faults
+
+    def _fault(self) -> None:
+        now = self.clock.now()
+        kind = self.rng.choices(
+            ["ca_down", "rate_limit", "slow", "bad", "disk", "crash", "jump", "backdate"],
+            weights=[3, 1, 1, 1, 2, 2, 1, 1],
+        )[0]
+        ca, ops = self.world.ca, self.world.ops
+        if kind == "ca_down":
+            length = timedelta(seconds=self.rng.choice([120, 1800, 7200, 86400, 3 * 86400]))
+            ca.down = True
+            self.faults_until["ca_down"] = now + length
+            self.health.add(now, now + length)
+        elif kind == "rate_limit":
+            retry = now + timedelta(seconds=self.rng.choice([60, 3600, 99_999_999]))
+            ca.rate_limit(retry)
+            end = min(retry, now + DAY)
+            self.faults_until["rate_limit"] = end
+            self.health.add(now, end)
+        elif kind == "slow":
+            ca.delay = timedelta(seconds=self.rng.choice([5, 30, 90]))
+            self.faults_until["slow"] = now + HOUR
+        elif kind == "bad":
+            ca.bad = self.rng.choice(["wrong_key", "wrong_names", "expired"])
+        elif kind == "disk":
+            mode = self.rng.choice(["full", "read_only", "eio"])
+            length = timedelta(seconds=self.rng.choice([30, 600, 3600]))
+            if mode == "full":
+                ops.full = True
+            elif mode == "read_only":
+                ops.read_only = True
+            else:
+                ops.eio_at = {"fsync", "rename"}
+            self.faults_until["disk"] = now + length
+            self.health.add(now, now + length)
+        elif kind == "crash":
+            self.crash_armed = True
+        elif kind == "backdate":
+            # A CA whose certificates are due on arrival (backdated far): the loop must not
+            # re-order each one at the floor's pace.
+            ca.backdate = ca.lifetime * 0.75
+            self.faults_until["backdate"] = now + DAY
+        else:
+            # A jump forward (suspend/resume) or back (NTP step); the CA shares the clock.
+            delta = timedelta(seconds=self.rng.choice([-3600, -60, 60, 3600, 6 * 3600]))
+            self.clock.advance(delta)
+            if delta > timedelta(0):
+                self.health.add(now, now + delta)
+
+    def _heal(self) -> None:
+        now = self.clock.now()
+        ca, ops = self.world.ca, self.world.ops
+        for kind, until in list(self.faults_until.items()):
+            if now < until:
+                continue
+            del self.faults_until[kind]
+            if kind == "ca_down":
+                ca.down = False
+            elif kind == "slow":
+                ca.delay = timedelta(0)
+            elif kind == "rate_limit":
+                ca.rate_limited_until = None
+            elif kind == "backdate":
+                ca.backdate = timedelta(0)
+            elif kind == "disk":
+                ops.full = ops.read_only = False
+                ops.eio_at = set()
+
+    # ------------------------------------------------------------------ running
+
+    def restart(self) -> None:
+        """What systemd does after a crash: a new process over the same disk."""
+        self.stats.crashes += 1
+        self.events.clear()
+        self.world.restart()
+        self.loop = make_loop(self.world, self.events)
+        try:
+            self.loop.batch(list(self.names), Trigger.STARTUP)
+        except Crash:
+            self.restart()  # crashed again during start-up (at most once: the crash is spent)
+            return
+        self._check_after_start()
+
+    def _run(self, fn: Any) -> None:
+        try:
+            fn()
+        except Crash:
+            self.restart()
+
+    def run(self, years: float) -> Stats:
+        self._run(lambda: self.loop.batch(list(self.names), Trigger.STARTUP))
+        end = self.clock.now() + years * YEAR
+        instrumented = self._instrument()
+        with instrumented:
+            while self.clock.now() < end:
+                job_at = self.events.next_time()
+                fault_at = min([self.next_fault, *self.faults_until.values()])
+                if job_at is None or fault_at < job_at:
+                    if fault_at > self.clock.now():
+                        self.clock.advance(fault_at - self.clock.now())
+                    self._heal()
+                    if fault_at == self.next_fault:
+                        self._fault()
+                        self.next_fault = self.clock.now() + self._gap()
+                    self._check()
+                    continue
+                self._heal()
+                self._run(self.events.run_next)
+                self._check()
+        return self.stats
+
+    @contextlib.contextmanager
+    def _instrument(self) -> Iterator[None]:
+        """Record which service and trigger each order belongs to (the rotator runs one at a
+        time here), and each finished rotation."""
+        rotator_cls = type(self.world.rotator)
+        original = rotator_cls.rotate_batch
+        sim = self
+
+        def rotate_batch(self: Any, names: Any, **kw: Any) -> Any:
+            trigger = kw.get("trigger", Trigger.MANUAL)
+            automatic = trigger is not Trigger.MANUAL
+            # Orders go out one service at a time (max_concurrent = 1): mark each in turn.
+            issue_run = self._issue.run
+
+            def run(ctx: Any, force: bool, ari_time: Any) -> None:
+                sim._current = (ctx, automatic)
+                try:
+                    issue_run(ctx, force, ari_time)
+                finally:
+                    sim._current = None
+
+            self._issue.run = run
+            try:
+                results = original(self, names, **kw)
+            finally:
+                self._issue.run = issue_run
+            for r in results:
+                sim._after_result(r)
+            return results
+
+        rotator_cls.rotate_batch = rotate_batch  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            rotator_cls.rotate_batch = original  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ invariants
+
+    def _check_order(self, name: str, now: datetime, automatic: bool, reason: str) -> None:
+        floor = self.world.config.daemon.min_order_interval
+        prev = self.last_order.get(name)
+        if automatic and prev is not None and prev[1] and now - prev[0] < floor:
+            self.stats.flag("runaway_floor", f"{name}: orders {prev[0]} and {now}")
+        ok = self.last_success.get(name)
+        if automatic and ok is not None and not reason.startswith(URGENT):
+            at, lifetime = ok
+            gap = policy.min_order_interval(lifetime, floor)
+            if timedelta(0) <= now - at < gap:
+                self.stats.flag("runaway_interval", f"{name}: {now - at} after success ({reason})")
+        self.last_order[name] = (now, automatic)
+
+    def _after_result(self, r: Any) -> None:
+        self.stats.rotations += 1
+        if r.outcome.value == "rotated":
+            info = self.world.ca.issued[-1]
+            lifetime = info.not_valid_after_utc - info.not_valid_before_utc
+            self.last_success[r.service] = (self.clock.now(), lifetime)
+        if r.outcome.value in ("failed", "rolled_back"):
+            st = service_status(self.world.rotator, r.service, self.clock.now())
+            if st["failures"] < 1 or st["last_result"] != r.outcome.value:
+                self.stats.flag("hidden_failure", f"{r.service}: {r.outcome} shown as {st}")
+
+    def _check(self) -> None:
+        now = self.clock.now()
+        world = self.world
+        limits = world.config.acme["ca"].budget
+        recent = [o for o in world.ca.orders if now - limits.orders_window < o.at <= now]
+        if len(recent) > limits.orders:
+            self.stats.flag("budget", f"{len(recent)} orders in {limits.orders_window}")
+        by_names: dict[tuple[str, ...], int] = defaultdict(int)
+        for o in world.ca.orders:
+            if o.outcome == "issued" and now - limits.certificates_window < o.at <= now:
+                by_names[tuple(sorted(o.names))] += 1
+        for names, count in by_names.items():
+            if count > limits.certificates:
+                self.stats.flag("budget", f"{count} certificates for {names}")
+        for name in self.names:
+            found = read_installed(world.rotator.plain_store(name), with_key=False)
+            valid = found is not None and found.info.not_before <= now < found.info.not_after
+            if found is not None and now >= found.info.not_after:
+                serial = found.info.serial
+                na = found.info.not_after
+                if serial not in self.checked_expiry:
+                    self.checked_expiry.add(serial)
+                    if self.health.healthy(na - HOUR, na):
+                        self.stats.flag("expired_while_healthy", f"{name}: {serial:x} at {na}")
+            if valid:
+                self.invalid_since.pop(name, None)
+            else:
+                since = self.invalid_since.setdefault(name, now)
+                limit = HOUR + 2 * world.config.daemon.min_order_interval
+                if now - since > limit and self.health.healthy(since, now):
+                    self.stats.flag("stuck_invalid", f"{name}: no valid certificate since {since}")
+                    self.invalid_since[name] = now
+
+    def _check_after_start(self) -> None:
+        now = self.clock.now()
+        if self.faults_until.get("disk") is not None:
+            return
+        for name in self.names:
+            store = self.world.rotator.plain_store(name)
+            entry = journal.read(store)
+            if entry is not None and entry.phase in UNFINISHED:
+                self.stats.flag("unfinished", f"{name}: {entry.phase} at {now}")
+            current = store.current_version()
+            served = self.world.reloader.served_version.get(name)
+            if current is not None and served is not None and served != current.name:
+                self.stats.flag("stale_consumer", f"{name}: serves {served}, current {current}")
+
+
+# ---------------------------------------------------------------------------- sabotage
+
+
+@contextlib.contextmanager
+def sabotaged(name: str | None) -> Iterator[None]:
+    """Remove one guard (for the tests that prove each invariant is checked)."""
+    import rotatord.daemon.loop as loop_mod
+    import rotatord.rotation.failure as failure_mod
+
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(obj: Any, attr: str, value: Any) -> None:
+        saved.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    if name == "floor":
+        real_plan = policy.plan_next
+        patch(policy, "next_attempt", lambda f, now, *a, **k: now + timedelta(seconds=1))
+        patch(
+            policy,
+            "plan_next",
+            lambda d, h, now, **k: real_plan(d, h, now, **{**k, "floor": timedelta(0)}),
+        )
+    elif name == "interval":
+        patch(policy, "min_order_interval", lambda lifetime, floor=None: timedelta(0))
+    elif name == "budget":
+        patch(policy, "budget_free_at", lambda *a, **k: None)
+    elif name == "retry_cap":
+        # The old rule: retries stretch to the ladder's 6 h step once expired.
+        patch(policy, "INVALID_RETRY_CAP", timedelta(hours=6))
+    elif name == "resume":
+        patch(loop_mod, "resume", lambda rotator, names: [])
+    elif name == "status":
+        original = failure_mod.record_failure
+
+        def forgetful(ctx: Any, exc: Any, outcome: Any, **kw: Any) -> Any:
+            result = original(ctx, exc, outcome, **kw)
+            kw["book"].update(ctx.store, failures=0, last_result="rotated")
+            return result
+
+        patch(failure_mod, "record_failure", forgetful)
+        import rotatord.rotation.rotator as rotator_mod
+
+        patch(rotator_mod, "record_failure", forgetful)
+    try:
+        yield
+    finally:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+
+# ---------------------------------------------------------------------------- entry
+
+
+def quiet() -> None:
+    """The daemon's info/warning lines would drown the figures: keep errors only."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+
+
+def simulate(
+    service_years: float, seed: int, services: int = 10, sabotage: str | None = None
+) -> tuple[Stats, float]:
+    quiet()
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    root = Path(tempfile.mkdtemp(prefix="rt-sim-", dir=base))
+    try:
+        with sabotaged(sabotage):
+            sim = Simulation(seed, services, root / "state", sabotage)
+            stats = sim.run(service_years / services)
+        return stats, service_years
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--service-years", type=float, default=1000.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--services", type=int, default=10)
+    parser.add_argument("--sabotage", choices=SABOTAGES, default=None)
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    t0 = time.monotonic()
+    stats, years = simulate(args.service_years, seed, args.services, args.sabotage)
+    elapsed = time.monotonic() - t0
+    total = sum(stats.violations.values())
+    print(f"service_years={years:g} violations={total} seed={seed}")
+    print(
+        f"  rotations={stats.rotations} orders={stats.orders} crashes={stats.crashes} "
+        f"elapsed_s={elapsed:.1f}"
+    )
+    for name, count in sorted(stats.violations.items()):
+        print(f"  {name}={count}  e.g. {stats.examples[name]}")
+    return 1 if total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
