@@ -98,8 +98,11 @@ def main() -> int:
             if step("3. manual rotation, done by the running daemon", "rotate", "web", "--force"):
                 return 1
             if args.watch:
-                print(f"\n### 4. the daemon renews {args.validity}-second certificates by itself "
-                      f"for {args.watch} s", flush=True)
+                print(
+                    f"\n### 4. the daemon renews {args.validity}-second certificates by itself "
+                    f"for {args.watch} s",
+                    flush=True,
+                )
                 time.sleep(args.watch)
             step("5. status, from the daemon", "status")
         finally:

@@ -19,10 +19,10 @@ from rotatord.clock import SystemClock
 from rotatord.config import load_config
 from rotatord.core.errors import ConfigError, ControlError, RotatordError
 from rotatord.core.model import Config, Trigger
-from rotatord.daemon import Daemon, build_rotator
+from rotatord.daemon import Daemon, DaemonLock, build_rotator
 from rotatord.observe.audit import verify_chain
 from rotatord.observe.logging import configure_logging
-from rotatord.rotation import recover_service, service_status
+from rotatord.rotation import recover_service, recover_state, service_status
 from rotatord.runtime import control
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -240,6 +240,18 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
             f"removed_incomplete={len(report.removed_incomplete)} "
             f"repointed={report.repointed_current or '-'}"
         )
+    # The ledgers and account files have no per-file lock: sweep them only while no daemon runs.
+    lock = DaemonLock(config.daemon.state_dir)
+    try:
+        lock.acquire()
+    except RotatordError:
+        print("state: a daemon is running; it sweeps the budget and account files at start-up")
+        return EXIT_OK
+    try:
+        removed = recover_state(config.daemon.state_dir)
+    finally:
+        lock.release()
+    print(f"state: removed_temp={len(removed)}")
     return EXIT_OK
 
 

@@ -691,9 +691,7 @@ def _budget(ctx: _Ctx, raw: object, path: str) -> BudgetLimits | None:
     certificates = _int(ctx, table, "certificates", path, 1, MAX_BUDGET_COUNT)
     windows: dict[str, timedelta | None] = {}
     for key in ("orders_window", "certificates_window"):
-        windows[key] = (
-            _duration_value(ctx, table[key], _join(path, key)) if key in table else None
-        )
+        windows[key] = _duration_value(ctx, table[key], _join(path, key)) if key in table else None
     if len(ctx.problems) != before:
         return None
     return BudgetLimits(

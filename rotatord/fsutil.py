@@ -80,6 +80,29 @@ def temp_name(prefix: str = TEMP_PREFIX) -> str:
     return f"{prefix}{secrets.token_hex(6)}"
 
 
+def remove_temp_files(directory: Path) -> list[str]:
+    """Unlink what an interrupted :func:`atomic_write` left in ``directory`` (``.NAME.tmp-*``).
+
+    Only call this while no writer can be active there (the daemon lock is held). Entries are
+    unlinked, never followed; a directory of that name is left alone.
+    """
+    removed: list[str] = []
+    try:
+        entries = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not (entry.startswith(".") and TEMP_PREFIX in entry):
+            continue
+        path = directory / entry
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+            os.unlink(path)
+            removed.append(entry)
+    return removed
+
+
 def ensure_dir(path: Path, mode: int, ops: FsOps = DEFAULT_OPS) -> None:
     """Create ``path`` (one level) with ``mode`` if absent; refuse a symlink or non-directory."""
     try:

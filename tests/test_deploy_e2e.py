@@ -169,9 +169,7 @@ pid_file = "{haproxy.pid_file}"
 [[services.web.probe]]
 address = "127.0.0.1:{haproxy.port}"
 """
-    write_config(
-        cfg, pebble_server, state, web(pebble_server, deadline=10) + out + reload
-    )
+    write_config(cfg, pebble_server, state, web(pebble_server, deadline=10) + out + reload)
     result = run_cli(cfg, "rotate", "web", "--force")
     assert result.returncode == 0, result.stderr + haproxy.log()
     assert served_serial(haproxy.port, "web.example.test") == leaf(state).serial_number

@@ -338,6 +338,38 @@ def test_failure_at_every_step_leaves_a_complete_current(tmp_path: Path, mode: s
 # --------------------------------------------------------------------------------------------
 
 
+def test_recover_state_removes_interrupted_writes_beside_the_services(tmp_path: Path) -> None:
+    """A kill inside ``atomic_write`` of a budget ledger or account file leaves ``.NAME.tmp-*``;
+    the state sweep removes exactly those, unlinking a planted symlink without touching its
+    target, and keeps the real files and any directory."""
+    from rotatord.rotation import recover_state
+
+    state = tmp_path / "state"
+    (state / "budget").mkdir(parents=True)
+    (state / "accounts" / "pebble").mkdir(parents=True)
+    (state / "budget" / "pebble.json").write_text("{}")
+    (state / "budget" / ".pebble.json.tmp-0123456789ab").write_text("{")
+    (state / "accounts" / "pebble" / "key.pem").write_text("key")
+    (state / "accounts" / "pebble" / ".key.pem.tmp-ba9876543210").write_text("half")
+    outside = tmp_path / "victim"
+    outside.write_text("keep me")
+    (state / "budget" / ".x.json.tmp-symlink00000").symlink_to(outside)
+    (state / "budget" / ".dir.tmp-000000000000").mkdir()
+
+    removed = recover_state(state)
+
+    assert sorted(removed) == [
+        "accounts/pebble/.key.pem.tmp-ba9876543210",
+        "budget/.pebble.json.tmp-0123456789ab",
+        "budget/.x.json.tmp-symlink00000",
+    ]
+    assert sorted(os.listdir(state / "budget")) == [".dir.tmp-000000000000", "pebble.json"]
+    assert os.listdir(state / "accounts" / "pebble") == ["key.pem"]
+    assert outside.read_text() == "keep me"
+    assert recover_state(state) == []
+    assert recover_state(tmp_path / "absent") == []
+
+
 def test_recover_repoints_dangling_current(store: ServiceStore) -> None:
     """A ``current`` whose target is gone is repointed to the newest complete version."""
     v1 = install(store, bundle_at(0))

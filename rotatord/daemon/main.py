@@ -28,7 +28,7 @@ from rotatord.daemon.planner import Planner
 from rotatord.daemon.verbs import Verbs
 from rotatord.observe.audit import AuditLog
 from rotatord.observe.logging import configure_logging, get_logger
-from rotatord.rotation import Rotator, recover_service
+from rotatord.rotation import Rotator, recover_service, recover_state
 from rotatord.runtime.confwatch import ConfigWatcher
 from rotatord.runtime.control import ControlServer
 from rotatord.runtime.scheduler import Scheduler
@@ -88,6 +88,9 @@ class Daemon:
             print(f"rotatord: {exc}", file=sys.stderr)
             return 1
         try:
+            removed = recover_state(self.config.daemon.state_dir)
+            if removed:
+                log.info("state_temp_removed", entries=removed)
             return self._serve()
         finally:
             lock.release()

@@ -4,7 +4,7 @@ phases, ``book`` for status and budgets, ``recovery``, ``revoke`` and ``view``."
 
 from rotatord.rotation.deploy import reload_env
 from rotatord.rotation.installed import read_installed, service_store
-from rotatord.rotation.recovery import recover_service, resume, unfinished
+from rotatord.rotation.recovery import recover_service, recover_state, resume, unfinished
 from rotatord.rotation.revoke import REVOCATION_REASONS
 from rotatord.rotation.rotator import Rotator, ShuttingDown
 from rotatord.rotation.state import Installed, Outcome, Phase, RotationResult
@@ -20,6 +20,7 @@ __all__ = [
     "ShuttingDown",
     "read_installed",
     "recover_service",
+    "recover_state",
     "reload_env",
     "resume",
     "service_status",

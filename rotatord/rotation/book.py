@@ -165,9 +165,7 @@ class BudgetLedger:
     ) -> None:
         self._record(account, identifier_key(names), now, limits)
 
-    def _record(
-        self, account: str, key: str | None, now: datetime, limits: BudgetLimits
-    ) -> None:
+    def _record(self, account: str, key: str | None, now: datetime, limits: BudgetLimits) -> None:
         with self._lock:
             doc = self._doc(account)
             if key is None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rotatord.core.errors import StoreError
-from rotatord.fsutil import read_file_nofollow
+from rotatord.fsutil import read_file_nofollow, remove_temp_files
 from rotatord.observe.audit import AuditSink
 from rotatord.rotation import journal
 from rotatord.rotation.installed import read_version
@@ -20,7 +21,21 @@ from rotatord.rotation.state import UNFINISHED, Ctx, Phase, RotationResult, Stag
 from rotatord.store import META_FILE, CertStore, RecoveryReport, Version
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rotatord.rotation.rotator import Rotator
+
+
+def recover_state(state_dir: Path) -> list[str]:
+    """Remove temp files a kill left beside the state kept outside the services (the budget
+    ledgers, account keys and registrations). Call only while holding the daemon lock, so that no
+    writer is active there. Returns what was removed, relative to ``state_dir``."""
+    removed = [f"budget/{e}" for e in remove_temp_files(state_dir / "budget")]
+    accounts = state_dir / "accounts"
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for name in sorted(os.listdir(accounts)):
+            removed += [f"accounts/{name}/{e}" for e in remove_temp_files(accounts / name)]
+    return removed
 
 
 def _audit_unrecorded_activation(
