@@ -36,13 +36,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import multiprocessing
+import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +57,7 @@ from rotatord.clock import FakeClock
 from rotatord.core import policy
 from rotatord.core.model import BudgetLimits, Trigger
 from rotatord.daemon.loop import ServiceLoop
-from rotatord.rotation import journal, read_installed, service_status
+from rotatord.rotation import journal, service_status
 from rotatord.rotation.state import UNFINISHED
 from tests.world import EventLoop, World, make_loop, make_world, service
 
@@ -62,7 +65,56 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 YEAR = timedelta(days=365)
 SABOTAGES = ("floor", "interval", "budget", "retry_cap", "resume", "status")
+# A fleet's mix (cycled over the services, shuffled by the seed): mostly Let's Encrypt's 90 days,
+# some 45 and 30, one 6-day ("shortlived") in every twenty.
+LIFETIMES = tuple(
+    timedelta(days=d)
+    for d in (90, 6, 90, 45, 90, 30, 90, 90, 45, 90, 90, 90, 30, 90, 90, 45, 90, 90, 90, 90)
+)
 URGENT = ("missing", "config_change", "ari_window")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Which faults a world meets, how often and for how long. ``mixed`` is the default; the
+    others concentrate on one fault so that the test removing a guard sees its invariant break
+    within a few simulated years (a random mix reaches some conditions only rarely)."""
+
+    weights: tuple[tuple[str, int], ...] = (
+        ("ca_down", 3),
+        ("rate_limit", 1),
+        ("slow", 1),
+        ("bad", 1),
+        ("disk", 2),
+        ("crash", 2),
+        ("jump", 1),
+        ("backdate", 1),
+    )
+    mean_gap: timedelta = timedelta(days=3)
+    ca_down: tuple[int, ...] = (120, 1800, 7200, 86400, 3 * 86400)  # seconds
+    disk_modes: tuple[str, ...] = ("full", "read_only", "eio")
+    disk_lengths: tuple[int, ...] = (30, 600, 3600)  # seconds
+    backdate_length: timedelta = timedelta(days=1)
+
+
+SCENARIOS = {
+    "mixed": Scenario(),
+    # A CA whose certificates are due on arrival, most of the time.
+    "backdated": Scenario(
+        weights=(("backdate", 1),), mean_gap=timedelta(days=2), backdate_length=timedelta(days=2)
+    ),
+    # The state disk fills for hours at a time: every certificate issued is thrown away.
+    "disk_full": Scenario(
+        weights=(("disk", 1),),
+        mean_gap=timedelta(days=1),
+        disk_modes=("full",),
+        disk_lengths=(6 * 3600,),
+    ),
+    # CA outages longer than a short certificate lives.
+    "long_outage": Scenario(
+        weights=(("ca_down", 1),), mean_gap=timedelta(days=6), ca_down=(5 * 86400,)
+    ),
+}
 
 
 class Crash(BaseException):
@@ -76,10 +128,18 @@ class Health:
     spans: list[tuple[datetime, datetime]] = field(default_factory=list)
 
     def add(self, start: datetime, end: datetime) -> None:
+        # Spans ending more than a week before this one began can no longer matter: every
+        # question asked is about the last hour or so (expiry) or since a failure began.
+        self.spans = [(s, e) for s, e in self.spans if e > start - 7 * DAY]
         self.spans.append((start, end))
 
     def healthy(self, start: datetime, end: datetime) -> bool:
         return not any(s < end and e > start for s, e in self.spans)
+
+    def healthy_since(self, now: datetime) -> datetime:
+        """Since when everything has been healthy (``now`` while something is not)."""
+        ends = [min(e, now) for s, e in self.spans if s <= now]
+        return max(ends, default=datetime.min.replace(tzinfo=UTC))
 
 
 @dataclass
@@ -96,13 +156,21 @@ class Stats:
 
 
 class Simulation:
-    def __init__(self, seed: int, services: int, root: Path, sabotage: str | None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        services: int,
+        root: Path,
+        sabotage: str | None,
+        scenario: Scenario = SCENARIOS["mixed"],
+    ) -> None:
+        self.scenario = scenario
         self.rng = random.Random(seed)
         self.seed = seed
         self.root = root
         start = datetime(2026, 1, 1, tzinfo=UTC)
-        lifetimes = [timedelta(days=90), timedelta(days=45), timedelta(days=6)]
-        # Several names, its own reload and two shared targets per service, like production.
+        # Several names, its own reload and one or two shared targets per service, like
+        # production, and a fleet's mix of lifetimes (LIFETIMES).
         specs = [
             service(f"s{i:02d}", targets=["nginx", "haproxy"][: 1 + i % 2], names=2 + i % 2)
             for i in range(services)
@@ -110,14 +178,17 @@ class Simulation:
         self.world: World = make_world(
             root, specs, start=start, targets=["nginx", "haproxy"], budget=BudgetLimits()
         )
-        # One CA lifetime per run keeps the fake CA simple; seeds vary it.
-        self.world.ca.lifetime = lifetimes[seed % len(lifetimes)]
+        self.world.ca.seed_serials(self.rng.getrandbits(61))
+        mix = [LIFETIMES[i % len(LIFETIMES)] for i in range(services)]
+        self.rng.shuffle(mix)
+        for spec, lifetime in zip(specs, mix, strict=True):
+            self.world.ca.lifetimes[spec.domains[0]] = lifetime
         self.clock: FakeClock = self.world.clock
         self.health = Health()
         self.stats = Stats()
         self.sabotage = sabotage
         self.events = EventLoop(self.clock)
-        self.loop: ServiceLoop = make_loop(self.world, self.events)
+        self.loop: ServiceLoop = make_loop(self.world, self.events, random.Random(seed))
         self.names = [s.name for s in specs]
         self.faults_until: dict[str, datetime] = {}
         self.next_fault = start + self._gap()
@@ -125,6 +196,14 @@ class Simulation:
         self.last_success: dict[str, tuple[datetime, timedelta]] = {}
         self.invalid_since: dict[str, datetime] = {}
         self.checked_expiry: set[int] = set()
+        # What each service has installed: (serial, not_before, not_after) or None. Only a
+        # rotation or a restart (recovery, resumption) changes the disk; both refresh it.
+        self.installed: dict[str, tuple[int, datetime, datetime] | None] = {}
+        self._orders_seen = 0
+        self._dirty = True
+        self._wake_at = start
+        self._order_times: deque[datetime] = deque()
+        self._cert_times: dict[tuple[str, ...], deque[datetime]] = defaultdict(deque)
         self.crash_armed = False
         self._current: tuple[Any, bool] | None = None
         self._wire()
@@ -132,8 +211,9 @@ class Simulation:
     # ------------------------------------------------------------------ plumbing
 
     def _gap(self) -> timedelta:
-        """Time to the next fault: on average one every 3 days."""
-        return timedelta(seconds=self.rng.expovariate(1 / (3 * 86400)))
+        """Time to the next fault (exponential, the scenario's mean)."""
+        mean = self.scenario.mean_gap.total_seconds()
+        return timedelta(seconds=self.rng.expovariate(1 / mean))
 
     def _wire(self) -> None:
         ca, reloader, ops = self.world.ca, self.world.reloader, self.world.ops
@@ -162,14 +242,13 @@ class Simulation:
     # ------------------------------------------------------------------ faults
 
     def _fault(self) -> None:
+        self._dirty = True  # a clock jump may change what is valid
         now = self.clock.now()
-        kind = self.rng.choices(
-            ["ca_down", "rate_limit", "slow", "bad", "disk", "crash", "jump", "backdate"],
-            weights=[3, 1, 1, 1, 2, 2, 1, 1],
-        )[0]
+        sc = self.scenario
+        kind = self.rng.choices([k for k, _ in sc.weights], weights=[w for _, w in sc.weights])[0]
         ca, ops = self.world.ca, self.world.ops
         if kind == "ca_down":
-            length = timedelta(seconds=self.rng.choice([120, 1800, 7200, 86400, 3 * 86400]))
+            length = timedelta(seconds=self.rng.choice(sc.ca_down))
             ca.down = True
             self.faults_until["ca_down"] = now + length
             self.health.add(now, now + length)
@@ -185,8 +264,8 @@ class Simulation:
         elif kind == "bad":
             ca.bad = self.rng.choice(["wrong_key", "wrong_names", "expired"])
         elif kind == "disk":
-            mode = self.rng.choice(["full", "read_only", "eio"])
-            length = timedelta(seconds=self.rng.choice([30, 600, 3600]))
+            mode = self.rng.choice(sc.disk_modes)
+            length = timedelta(seconds=self.rng.choice(sc.disk_lengths))
             if mode == "full":
                 ops.full = True
             elif mode == "read_only":
@@ -200,8 +279,8 @@ class Simulation:
         elif kind == "backdate":
             # A CA whose certificates are due on arrival (backdated far): the loop must not
             # re-order each one at the floor's pace.
-            ca.backdate = ca.lifetime * 0.75
-            self.faults_until["backdate"] = now + DAY
+            ca.backdate_fraction = 0.75
+            self.faults_until["backdate"] = now + sc.backdate_length
         else:
             # A jump forward (suspend/resume) or back (NTP step); the CA shares the clock.
             delta = timedelta(seconds=self.rng.choice([-3600, -60, 60, 3600, 6 * 3600]))
@@ -223,7 +302,7 @@ class Simulation:
             elif kind == "rate_limit":
                 ca.rate_limited_until = None
             elif kind == "backdate":
-                ca.backdate = timedelta(0)
+                ca.backdate_fraction = 0.0
             elif kind == "disk":
                 ops.full = ops.read_only = False
                 ops.eio_at = set()
@@ -235,12 +314,13 @@ class Simulation:
         self.stats.crashes += 1
         self.events.clear()
         self.world.restart()
-        self.loop = make_loop(self.world, self.events)
+        self.loop = make_loop(self.world, self.events, random.Random(self.rng.random()))
         try:
             self.loop.batch(list(self.names), Trigger.STARTUP)
         except Crash:
             self.restart()  # crashed again during start-up (at most once: the crash is spent)
             return
+        self._refresh(self.names)
         self._check_after_start()
 
     def _run(self, fn: Any) -> None:
@@ -249,12 +329,17 @@ class Simulation:
         except Crash:
             self.restart()
 
-    def run(self, years: float) -> Stats:
+    def run(self, years: float, stop_after: int | None = None) -> Stats:
+        """Run ``years`` of simulated time; stop early once ``stop_after`` violations are seen
+        (a removed guard can make a run spin: the tests stop at the first catch)."""
         self._run(lambda: self.loop.batch(list(self.names), Trigger.STARTUP))
+        self._refresh(self.names)
         end = self.clock.now() + years * YEAR
         instrumented = self._instrument()
         with instrumented:
             while self.clock.now() < end:
+                if stop_after is not None and sum(self.stats.violations.values()) >= stop_after:
+                    break
                 job_at = self.events.next_time()
                 fault_at = min([self.next_fault, *self.faults_until.values()])
                 if job_at is None or fault_at < job_at:
@@ -317,12 +402,23 @@ class Simulation:
         ok = self.last_success.get(name)
         if automatic and ok is not None and not reason.startswith(URGENT):
             at, lifetime = ok
-            gap = policy.min_order_interval(lifetime, floor)
+            gap = max(floor, lifetime / 10)  # the rule itself, not policy's (it may be sabotaged)
             if timedelta(0) <= now - at < gap:
                 self.stats.flag("runaway_interval", f"{name}: {now - at} after success ({reason})")
         self.last_order[name] = (now, automatic)
 
+    def _refresh(self, names: Any) -> None:
+        self._dirty = True
+        for name in names:
+            found = self.world.rotator.installed(name)
+            self.installed[name] = (
+                None
+                if found is None
+                else (found.info.serial, found.info.not_before, found.info.not_after)
+            )
+
     def _after_result(self, r: Any) -> None:
+        self._refresh([r.service])
         self.stats.rotations += 1
         if r.outcome.value == "rotated":
             info = self.world.ca.issued[-1]
@@ -337,34 +433,73 @@ class Simulation:
         now = self.clock.now()
         world = self.world
         limits = world.config.acme["ca"].budget
-        recent = [o for o in world.ca.orders if now - limits.orders_window < o.at <= now]
-        if len(recent) > limits.orders:
-            self.stats.flag("budget", f"{len(recent)} orders in {limits.orders_window}")
-        by_names: dict[tuple[str, ...], int] = defaultdict(int)
-        for o in world.ca.orders:
-            if o.outcome == "issued" and now - limits.certificates_window < o.at <= now:
-                by_names[tuple(sorted(o.names))] += 1
-        for names, count in by_names.items():
-            if count > limits.certificates:
-                self.stats.flag("budget", f"{count} certificates for {names}")
+        new = world.ca.orders[self._orders_seen :]
+        self._orders_seen += len(new)
+        for o in new:
+            self._order_times.append(o.at)
+            if o.outcome == "issued":
+                self._cert_times[tuple(sorted(o.names))].append(o.at)
+        orders = self._order_times
+        while orders and orders[0] <= now - limits.orders_window - 2 * DAY:
+            orders.popleft()
+        if new and sum(1 for t in orders if now - limits.orders_window < t <= now) > limits.orders:
+            self.stats.flag("budget", f"{len(orders)} orders in {limits.orders_window}")
+        for o in new:
+            if o.outcome != "issued":
+                continue
+            certs = self._cert_times[tuple(sorted(o.names))]
+            while certs and certs[0] <= now - limits.certificates_window - 2 * DAY:
+                certs.popleft()
+            if (
+                sum(1 for t in certs if now - limits.certificates_window < t <= now)
+                > limits.certificates
+            ):
+                self.stats.flag("budget", f"{len(certs)} certificates for {o.names}")
+        if not self._dirty and now < self._wake_at:
+            return  # no service's validity can have changed since the last full check
+        self._dirty = False
+        self._wake_at = now + YEAR
         for name in self.names:
-            found = read_installed(world.rotator.plain_store(name), with_key=False)
-            valid = found is not None and found.info.not_before <= now < found.info.not_after
-            if found is not None and now >= found.info.not_after:
-                serial = found.info.serial
-                na = found.info.not_after
+            found = self.installed.get(name)
+            valid = found is not None and found[1] <= now < found[2]
+            # Look again when this certificate expires, or at once while one is not valid.
+            self._wake_at = min(self._wake_at, found[2] if valid and found else now)
+            if found is not None and now >= found[2]:
+                serial, _, na = found
                 if serial not in self.checked_expiry:
                     self.checked_expiry.add(serial)
-                    if self.health.healthy(na - HOUR, na):
+                    if self.health.healthy(na - HOUR, na) and not self._spent(name, na - HOUR):
                         self.stats.flag("expired_while_healthy", f"{name}: {serial:x} at {na}")
             if valid:
                 self.invalid_since.pop(name, None)
+            elif self._spent(name, now):
+                # The CA's own limit (mirrored by the budget) forbids an order: the deferral is
+                # in status; being stuck counts from when an order is allowed again.
+                self.invalid_since[name] = now
             else:
-                since = self.invalid_since.setdefault(name, now)
+                # Without a valid certificate for over an hour of *continuous* health: from
+                # when it became invalid or the last fault ended, whichever is later.
+                since = max(
+                    self.invalid_since.setdefault(name, now), self.health.healthy_since(now)
+                )
                 limit = HOUR + 2 * world.config.daemon.min_order_interval
-                if now - since > limit and self.health.healthy(since, now):
+                if now - since > limit:
                     self.stats.flag("stuck_invalid", f"{name}: no valid certificate since {since}")
                     self.invalid_since[name] = now
+
+    def _spent(self, name: str, at: datetime) -> bool:
+        """Whether the CA's limits (the default budget is Let's Encrypt's) forbade an order for
+        this service at ``at``: then an expiry is the CA's rule, not the loop's fault."""
+        limits = self.world.config.acme["ca"].budget
+        names = tuple(sorted(self.world.config.services[name].domains))
+        certs = self._cert_times.get(names, ())
+        if (
+            sum(1 for t in certs if at - limits.certificates_window < t <= at)
+            >= limits.certificates
+        ):
+            return True
+        window = at - limits.orders_window
+        return sum(1 for t in self._order_times if window < t <= at) >= limits.orders
 
     def _check_after_start(self) -> None:
         now = self.clock.now()
@@ -440,34 +575,105 @@ def quiet() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 
 
-def simulate(
-    service_years: float, seed: int, services: int = 10, sabotage: str | None = None
-) -> tuple[Stats, float]:
+def _world(job: tuple[float, int, str, int, str | None, int | None, str]) -> Stats:
+    """One world: its own disk, CA and clock; seeded from (seed, index) so it reproduces."""
+    years, seed, tag, services, sabotage, stop_after, scenario = job
     quiet()
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     root = Path(tempfile.mkdtemp(prefix="rt-sim-", dir=base))
     try:
         with sabotaged(sabotage):
-            sim = Simulation(seed, services, root / "state", sabotage)
-            stats = sim.run(service_years / services)
-        return stats, service_years
+            sim = Simulation(seed, services, root / "state", sabotage, SCENARIOS[scenario])
+            stats = sim.run(years, stop_after)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    stats.examples = {k: f"[{tag}] {v}" for k, v in stats.examples.items()}
+    return stats
+
+
+def simulate(
+    service_years: float,
+    seed: int,
+    services: int = 20,
+    sabotage: str | None = None,
+    worlds: int = 1,
+    jobs: int = 1,
+    only: int | None = None,
+    stop_after: int | None = None,
+    scenario: str = "mixed",
+) -> tuple[Stats, float]:
+    """``service_years`` split over ``worlds`` independent worlds of ``services`` services, run
+    ``jobs`` at a time in separate processes. World ``i`` is seeded from ``(seed, i)``, so the
+    result depends on the seed and the number of worlds, never on ``jobs``."""
+    years = service_years / services / worlds
+    work = [
+        (
+            years,
+            seed if worlds == 1 else _sub_seed(seed, i),
+            f"world {i}",
+            services,
+            sabotage,
+            stop_after,
+            scenario,
+        )
+        for i in range(worlds)
+    ]
+    if only is not None:
+        work = [work[only]]
+    if jobs <= 1 or worlds == 1:
+        results = [_world(w) for w in work]
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(jobs, worlds), mp_context=ctx) as pool:
+            results = list(pool.map(_world, work))
+    total = Stats()
+    for st in results:
+        total.violations.update(st.violations)
+        for k, v in st.examples.items():
+            total.examples.setdefault(k, v)
+        total.crashes += st.crashes
+        total.rotations += st.rotations
+        total.orders += st.orders
+    return total, service_years
+
+
+def _sub_seed(seed: int, index: int) -> int:
+    return random.Random(f"{seed}/{index}").randrange(1 << 62)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--service-years", type=float, default=1000.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--services", type=int, default=10)
+    parser.add_argument("--services", type=int, default=20, help="services per world")
+    parser.add_argument(
+        "--worlds", type=int, default=4, help="independent worlds the service-years are split over"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="worlds run at once (processes)"
+    )
     parser.add_argument("--sabotage", choices=SABOTAGES, default=None)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed")
+    parser.add_argument(
+        "--world", type=int, default=None, help="replay only this world (as a violation names it)"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     t0 = time.monotonic()
-    stats, years = simulate(args.service_years, seed, args.services, args.sabotage)
+    stats, years = simulate(
+        args.service_years,
+        seed,
+        args.services,
+        args.sabotage,
+        args.worlds,
+        args.jobs,
+        args.world,
+        scenario=args.scenario,
+    )
     elapsed = time.monotonic() - t0
     total = sum(stats.violations.values())
-    print(f"service_years={years:g} violations={total} seed={seed}")
+    shown = years if args.world is None else years / args.worlds
+    print(f"service_years={shown:g} violations={total} seed={seed}")
     print(
         f"  rotations={stats.rotations} orders={stats.orders} crashes={stats.crashes} "
         f"elapsed_s={elapsed:.1f}"

@@ -11,21 +11,24 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
+from rotatord.core import policy
 from rotatord.core.errors import ConfigError, ControlError, RotatordError
 from rotatord.core.model import Config, Trigger
 from rotatord.daemon import Daemon, DaemonLock, build_rotator
 from rotatord.observe.audit import verify_chain
 from rotatord.observe.logging import configure_logging
-from rotatord.rotation import recover_service, recover_state, service_status
+from rotatord.rotation import read_installed, recover_service, recover_state, service_status
 from rotatord.runtime import control
+from rotatord.store import ServiceStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+COMMON_LIFETIME = timedelta(days=90)
 DEFAULT_CONFIG = "/etc/rotatord/rotatord.toml"
 
 
@@ -84,7 +87,32 @@ def _print_problems(exc: ConfigError) -> None:
 
 def cmd_check_config(config: Config) -> int:
     print(f"{config.source}: OK ({len(config.services)} services, {len(config.acme)} accounts)")
+    for line in renew_before_warnings(config):
+        print(f"warning: {config.source}: {line}")
     return EXIT_OK
+
+
+def renew_before_warnings(config: Config) -> list[str]:
+    """A ``renew_before`` the daemon will clamp: against the installed certificate when there
+    is one (and it can be read), else against Let's Encrypt's 90 days (the common case)."""
+    out = []
+    for name, spec in sorted(config.services.items()):
+        if spec.renew_before is None:
+            continue
+        lifetime, whose = COMMON_LIFETIME, "a 90-day (Let's Encrypt)"
+        try:
+            store = ServiceStore(config.daemon.state_dir, name)
+            found = read_installed(store, with_key=False)
+        except (OSError, RotatordError):
+            found = None
+        if found is not None:
+            lifetime, whose = found.info.lifetime, "the installed"
+        if policy.renew_before_clamped(lifetime, spec.renew_before):
+            out.append(
+                f"services.{name}.renew_before: too long for {whose} certificate; "
+                + policy.clamp_message(spec.renew_before, lifetime)
+            )
+    return out
 
 
 def _daemon_request(config: Config, message: dict[str, Any]) -> dict[str, Any] | None:

@@ -129,6 +129,8 @@ class FakeCA:
     ) -> None:
         self.clock = clock
         self.lifetime = lifetime
+        self.lifetimes: dict[str, timedelta] = {}  # per first name; else ``lifetime``
+        self.backdate_fraction = 0.0  # of each certificate's own lifetime, on top of ``backdate``
         self.directory_url = directory_url
         self.ca = ca if ca is not None else default_ca()
         self.backdate = backdate
@@ -159,6 +161,12 @@ class FakeCA:
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- scripting
+
+    def seed_serials(self, bits: int) -> None:
+        """Start serials at a chosen point (the simulator: serials feed the renewal jitter, so a
+        seed must fix them for a run to reproduce)."""
+        with self._lock:
+            self._next_serial = (1 << 62) | (bits & ((1 << 61) - 1))
 
     def rate_limit(self, retry_after: datetime) -> None:
         """Refuse orders with ``rateLimited`` (429) until the clock reaches ``retry_after``."""
@@ -262,16 +270,17 @@ class FakeCA:
         ca = self.unrelated_ca if bad == "unrelated_ca" else self.ca
         public_key = csr.public_key()
         leaf_names: Sequence[str] = names
-        not_before = now - self.backdate
+        lifetime = self.lifetimes.get(names[0], self.lifetime)
+        not_before = now - self.backdate - lifetime * self.backdate_fraction
         if bad == "wrong_key":
             public_key = ec.generate_private_key(ec.SECP256R1()).public_key()
         elif bad == "wrong_names":
             leaf_names = [f"wrong.{n}" for n in names]
         elif bad == "expired":
-            not_before = now - self.lifetime - timedelta(days=1)
+            not_before = now - lifetime - timedelta(days=1)
         serial = self._next_serial
         self._next_serial += 1
-        leaf = _leaf(ca, public_key, leaf_names, not_before, not_before + self.lifetime, serial)
+        leaf = _leaf(ca, public_key, leaf_names, not_before, not_before + lifetime, serial)
         self._issued.append(leaf)
         ari_id = keys.ari_cert_id(leaf)
         if ari_id is not None:

@@ -72,6 +72,40 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert "OK (1 services, 1 accounts)" in result.stdout
 
 
+def test_check_config_warns_of_a_renew_before_it_will_clamp(tmp_path: Path) -> None:
+    """A ``renew_before`` that would make a new certificate due at once: warned against the
+    installed certificate's lifetime when there is one, else Let's Encrypt's 90 days; a warning
+    is not an error (exit 0)."""
+    from datetime import timedelta
+
+    from rotatord.store import ServiceStore
+    from tests.certs import T0, make_bundle
+
+    state = tmp_path / "s"
+    store = ServiceStore(state, "short")
+    version = store.stage(
+        make_bundle(("short.example.test",), not_before=T0, not_after=T0 + timedelta(seconds=60))
+    )
+    store.activate(version)
+    config = tmp_path / "ok.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{state}"\n[acme.a]\ndirectory = "https://ca.example/dir"\n'
+        '[services.short]\ndomains = ["short.example.test"]\nrenew_before = "2m"\n'
+        '[services.long]\ndomains = ["long.example.test"]\nrenew_before = "85d"\n'
+        '[services.fine]\ndomains = ["fine.example.test"]\nrenew_before = "30d"\n'
+    )
+    result = cli("-c", str(config), "check-config")
+    assert result.returncode == 0, result.stderr
+    warnings = [ln for ln in result.stdout.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2, result.stdout
+    assert f"warning: {config}: services.long.renew_before: too long for a 90-day" in warnings[0]
+    assert (
+        f"warning: {config}: services.short.renew_before: too long for the installed"
+        in (warnings[1])
+    )
+    assert "0:01:00 certificate" in warnings[1] and "0:00:30 left instead" in warnings[1]
+
+
 def test_usage_errors_and_unreachable_daemon(tmp_path: Path) -> None:
     """Unknown services are usage errors (2); `reload` without a daemon is unreachable (3)."""
     config = tmp_path / "ok.toml"

@@ -7,6 +7,7 @@ Each fault test also checks what happens next: the CA's order count, the next at
 from __future__ import annotations
 
 import errno
+import itertools
 from datetime import timedelta
 from pathlib import Path
 
@@ -309,3 +310,38 @@ def test_certificate_due_on_arrival_waits_a_tenth_of_its_lifetime(tmp_path: Path
     assert w.ca.order_count == 3
     st = service_status(w.rotator, "a", w.clock.now())
     assert st["failures"] == 0 and st["last_result"] == "rotated"
+
+
+def test_renew_before_too_long_is_clamped_warned_once_and_orders_on_schedule(
+    tmp_path: Path,
+) -> None:
+    """``renew_before = 1d`` with a CA issuing 12 h certificates (the issue's 18 rotations in
+    8 s): the loop renews at the default point (½ of a short lifetime), a ``config_warning``
+    names the key once per certificate, and status says why."""
+    from tests.world import EventLoop, make_loop
+
+    w = make_world(
+        tmp_path,
+        [service("a", renew_before=timedelta(days=1))],
+        budget=BudgetLimits(certificates=1000),
+    )
+    w.ca.lifetime = timedelta(hours=12)
+    events = EventLoop(w.clock)
+    loop = make_loop(w, events)
+    loop.batch(["a"], Trigger.STARTUP)
+    end = w.clock.now() + timedelta(days=2)
+    while (at := events.next_time()) is not None and at < end:
+        events.run_next()
+    # 2 days of 12 h certificates renewed at 6 h left (less up to a tenth of it of jitter):
+    # one every 5.4-6 h after the first, never one right after another.
+    assert 9 <= w.ca.order_count <= 10
+    times = [o.at for o in w.ca.orders]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= timedelta(hours=5.4)
+    warnings = w.audit.events("config_warning", "a")
+    assert len(warnings) == w.ca.order_count  # once per certificate, not once per plan
+    assert warnings[0]["key"] == "services.a.renew_before"
+    assert (
+        "0:06:00" not in warnings[0]["problem"] and "6:00:00 left instead" in warnings[0]["problem"]
+    )
+    st = service_status(w.rotator, "a", w.clock.now())
+    assert st["reason"] == "renew_before_clamped" and "12:00:00 certificate" in st["warning"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,8 +207,8 @@ class EventLoop:
         self._pending.clear()
 
 
-def make_loop(world: World, events: EventLoop) -> ServiceLoop:
-    planner = Planner(world.rotator, world.clock)
+def make_loop(world: World, events: EventLoop, rng: random.Random | None = None) -> ServiceLoop:
+    planner = Planner(world.rotator, world.clock, rng or random.Random(0))
     holder: list[ServiceLoop] = []
 
     def schedule(name: str, at: datetime, trigger: str) -> None:

@@ -119,6 +119,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         key_type=key_type_of(cert),
+        ari_id=ari_cert_id(cert),
     )
 
 

@@ -243,6 +243,7 @@ class CertInfo:
     not_before: datetime
     not_after: datetime
     key_type: KeyType | None = None
+    ari_id: str | None = None  # RFC 9773 certificate identifier, when it has an AKI key id
 
     @property
     def lifetime(self) -> timedelta:

@@ -72,6 +72,15 @@ def renew_before_clamped(lifetime: timedelta, renew_before: timedelta | None) ->
     return renew_before is not None and renew_before > lifetime * (1 - MIN_INTERVAL_FRACTION)
 
 
+def clamp_message(renew_before: timedelta | None, lifetime: timedelta) -> str:
+    """What an operator reads when ``renew_before`` is clamped for a ``lifetime`` certificate."""
+    return (
+        f"renew_before = {renew_before} is longer than 9/10 of a {lifetime} certificate's "
+        f"lifetime: it would be due again as soon as it is issued; renewing with "
+        f"{renew_threshold(lifetime)} left instead (the default rule)"
+    )
+
+
 def renewal_time(
     info: CertInfo, renew_before: timedelta | None = None, jitter: float = 0.0
 ) -> datetime:

@@ -83,7 +83,7 @@ class ServiceLoop:
                 if self.stopping or name not in self.rotator.config.services:
                     continue
                 plan = self._plan(name, ignore_retry=ignore_retry)
-                if plan.at <= self.clock.now():
+                if plan.at <= self.clock.now() or self._newly_held(name, plan):
                     due.append(name)
                     ari[name] = plan.ari_time
                 else:
@@ -108,7 +108,7 @@ class ServiceLoop:
             if name not in self.rotator.config.services:
                 return
             plan = self._plan(name, ignore_retry=trigger == Trigger.CONFIG_CHANGE.value)
-            if plan.at <= self.clock.now():
+            if plan.at <= self.clock.now() or self._newly_held(name, plan):
                 trig = Trigger(trigger)
                 if trig is Trigger.SCHEDULE and plan.why in ("ari_window", "emergency"):
                     trig = Trigger.ARI  # the CA's window, not our own clock, chose this moment
@@ -124,6 +124,15 @@ class ServiceLoop:
             log.error("job_failed", service=name, error=str(exc), error_type=type(exc).__name__)
         finally:
             self.schedule_next(name, known)
+
+    def _newly_held(self, name: str, plan: Plan) -> bool:
+        """Due, but the budget holds it back, and nobody was told yet: run the rotation anyway,
+        so that it records the deferral (``budget_exhausted`` in the audit log and in status)
+        without asking the CA; once recorded, the plan just waits for the free slot."""
+        if plan.why != "budget_exhausted":
+            return False
+        status = self.rotator.book.get(self.rotator.plain_store(name))
+        return status.deferred != "budget_exhausted"
 
     def _plan(self, name: str, *, ignore_retry: bool = False) -> Plan:
         try:

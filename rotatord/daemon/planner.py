@@ -17,17 +17,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rotatord.clock import Clock
-from rotatord.core import keys, policy
+from rotatord.core import policy
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import ServiceSpec
 from rotatord.observe.logging import get_logger
-from rotatord.rotation import Installed, Rotator, read_installed
+from rotatord.rotation import Installed, Rotator
 from rotatord.rotation.issue import history
 
 log = get_logger("rotatord.planner")
 
 Plan = policy.Plan
-RECHECK_AT_LEAST = timedelta(hours=12)
+# Without an ARI answer nothing outside the daemon changes a plan but the disk and the config
+# (both re-plan when rotatord changes them; a hot reload re-plans too), so this only bounds how
+# long an edit made behind rotatord's back goes unnoticed. A wall-clock step or a suspend is
+# not what it guards against: the scheduler re-reads the clock at each wake-up. With ARI, the
+# CA's Retry-After decides (``policy.ari_recheck``, at most a day).
+RECHECK_AT_LEAST = timedelta(hours=24)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Planner:
         self.ari: dict[str, AriState] = {}
         self.planned: dict[str, Plan] = {}
         self._ari_warned: dict[str, datetime] = {}
+        self._clamp_warned: set[tuple[str, int]] = set()
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -66,10 +72,14 @@ class Planner:
         r = self.rotator
         spec = r.spec(name)
         store = r.plain_store(name)
-        installed = read_installed(store, with_key=False)
+        installed = r.installed(name)
         now = self.clock.now()
         ari_time, ari_check = self._ari_time(spec, installed, now)
         decision = r.decision(spec, installed, now, ari_time)
+        if installed is not None and policy.renew_before_clamped(
+            installed.info.lifetime, spec.renew_before
+        ):
+            self._warn_clamped(spec, installed)
         budget_at = None
         if decision.due:
             limits = r.config.acme[spec.account].budget
@@ -91,6 +101,23 @@ class Planner:
             at, why = now + RECHECK_AT_LEAST, "recheck"
         return Plan(at, why, ari_time)
 
+    def _warn_clamped(self, spec: ServiceSpec, installed: Installed) -> None:
+        """Once per certificate: its ``renew_before`` is too long for it and was clamped."""
+        key = (spec.name, installed.info.serial)
+        with self._lock:
+            if key in self._clamp_warned:
+                return
+            self._clamp_warned.add(key)
+        lifetime = installed.info.lifetime
+        self.rotator.audit.emit(
+            "config_warning",
+            service=spec.name,
+            key=f"services.{spec.name}.renew_before",
+            problem=policy.clamp_message(spec.renew_before, lifetime),
+            lifetime_s=int(lifetime.total_seconds()),
+            threshold_s=int(policy.renew_threshold(lifetime, spec.renew_before).total_seconds()),
+        )
+
     def _ari_time(
         self, spec: ServiceSpec, installed: Installed | None, now: datetime
     ) -> tuple[datetime | None, datetime | None]:
@@ -102,8 +129,7 @@ class Planner:
         issuer = self.rotator.issuer(spec.account)
         if installed.bundle.meta.directory != issuer.directory_url:
             return None, None  # another CA issued it; config drift renews it anyway
-        leaf = keys.split_pem_chain(installed.bundle.cert_pem)[0]
-        cert_id = keys.ari_cert_id(leaf)
+        cert_id = installed.info.ari_id
         if cert_id is None:
             return None, None
         with self._lock:

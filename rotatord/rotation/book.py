@@ -56,6 +56,10 @@ class StatusBook:
 
     def put(self, store: CertStore, status: ServiceStatus) -> Entry:
         """Remember ``status``; write it to disk if possible and say whether that worked."""
+        with self._lock:
+            known = self._entries.get(store.service)
+        if known is not None and known.persisted and known.status == status:
+            return known  # already on disk as it is
         try:
             store.write_status(status.to_doc())
             entry = Entry(status)

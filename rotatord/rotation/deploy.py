@@ -78,10 +78,12 @@ class Deployer:
         for c in ctxs:
             pair = pick(c)
             try:
+                # A phase with nothing to do is not marked: resuming from the one before it
+                # does the same work (none), and each mark is a durable write.
                 if c.spec.outputs:
                     publish_outputs(c.spec.outputs, pair.bundle, pair.version.name, self._ops)
-                if mark is not None:
-                    mark(c, Phase.PUBLISHED)
+                    if mark is not None:
+                        mark(c, Phase.PUBLISHED)
                 self.run_actions(c, c.spec.reload, pair.version, target=None)
             except (ReloadError, StoreError, AuditError, OSError) as exc:
                 failures[c.spec.name] = str(exc)
@@ -108,13 +110,13 @@ class Deployer:
         for c in ctxs:
             if c.spec.name in failures:
                 continue
-            if mark is not None:
+            if mark is not None and (c.spec.reload or c.spec.reload_targets):
                 mark(c, Phase.RELOADED)
             fp = keys.cert_fingerprint(keys.split_pem_chain(pick(c).bundle.cert_pem)[0])
             failure = self.probe(c, fp, probe_phase)
             if failure is not None:
                 failures[c.spec.name] = failure
-            elif mark is not None:
+            elif mark is not None and c.spec.probes:
                 mark(c, Phase.PROBED)
         return failures
 

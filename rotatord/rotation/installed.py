@@ -7,13 +7,15 @@ service and need no secret).
 from __future__ import annotations
 
 import grp
+import os
+import threading
 
 from rotatord.core import keys
 from rotatord.core.errors import StoreError, VerificationError
 from rotatord.core.model import Config, ServiceSpec
 from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.rotation.state import Installed
-from rotatord.store import CertStore, ServiceStore, Version
+from rotatord.store import CERT_FILE, CertStore, ServiceStore, Version
 
 
 def service_store(config: Config, spec: ServiceSpec, ops: FsOps = DEFAULT_OPS) -> ServiceStore:
@@ -41,12 +43,60 @@ def read_version(store: CertStore, version: Version, *, with_key: bool = True) -
     return Installed(version, bundle, keys.cert_info(leaf))
 
 
-def read_installed(store: CertStore, *, with_key: bool = True) -> Installed | None:
-    """The current version with its parsed leaf, or None if absent or unreadable."""
+class PublicCache:
+    """Key-less reads of versions, parsed once.
+
+    A version directory is immutable once staged (the store's contract), so its parsed
+    certificate and metadata are reused while the certificate file keeps its identity (inode,
+    size, mtime, ctime): planning and status for 10,000 services every few hours then cost a few
+    ``stat`` calls each, not three reads and two certificate parses. Never holds a private key.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[tuple[int, ...], Installed]] = {}
+
+    @staticmethod
+    def _identity(version: Version) -> tuple[int, ...] | None:
+        # The certificate file stands for the version: meta.json is written with it, in the
+        # same staging directory, before the rename that makes the version exist.
+        try:
+            st = os.lstat(f"{os.fspath(version.path)}/{CERT_FILE}")
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def read(self, store: CertStore, version: Version) -> Installed | None:
+        key = str(version.path)
+        ident = self._identity(version)
+        if ident is None:
+            return read_version(store, version, with_key=False)
+        with self._lock:
+            hit = self._entries.get(key)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        found = read_version(store, version, with_key=False)
+        if found is not None:
+            with self._lock:
+                if len(self._entries) >= self._limit:
+                    self._entries.clear()  # rare (more versions than services × 5): start over
+                self._entries[key] = (ident, found)
+        return found
+
+
+def read_installed(
+    store: CertStore, *, with_key: bool = True, cache: PublicCache | None = None
+) -> Installed | None:
+    """The current version with its parsed leaf, or None if absent or unreadable.
+
+    ``cache`` serves key-less reads (``with_key=False``) of a version already parsed."""
     try:
         version = store.current_version()
     except OSError:
         return None
     if version is None:
         return None
+    if cache is not None and not with_key:
+        return cache.read(store, version)
     return read_version(store, version, with_key=with_key)

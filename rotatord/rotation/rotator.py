@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rotatord.clock import Clock
@@ -35,7 +36,7 @@ from rotatord.rotation import journal
 from rotatord.rotation.book import BudgetLedger, StatusBook
 from rotatord.rotation.deploy import Deployer
 from rotatord.rotation.failure import record_deferred, record_failure, record_success
-from rotatord.rotation.installed import service_store
+from rotatord.rotation.installed import PublicCache, read_installed, service_store
 from rotatord.rotation.issue import IssueStep
 from rotatord.rotation.revoke import revoke as revoke_service
 from rotatord.rotation.state import Ctx, Installed, Outcome, Phase, RotationResult, Stage
@@ -71,6 +72,8 @@ class Rotator:
         self._ops = ops
         self._lock = threading.Lock()
         self.book = StatusBook()
+        self.public = PublicCache()
+        self._plain: dict[tuple[Path, str], ServiceStore] = {}
         self.ledger = BudgetLedger(config.daemon.state_dir, ops)
         self.deployer = Deployer(lambda: self.config, reloader, prober, ops)
         self._issue = IssueStep(self)
@@ -116,7 +119,18 @@ class Rotator:
 
     def plain_store(self, name: str) -> ServiceStore:
         """The service's store without its key group: enough to record a status."""
-        return ServiceStore(self.config.daemon.state_dir, name, ops=self._ops)
+        key = (self.config.daemon.state_dir, name)
+        store = self._plain.get(key)
+        if store is None:
+            store = ServiceStore(key[0], name, ops=self._ops)
+            if len(self._plain) > 100_000:
+                self._plain.clear()
+            self._plain[key] = store
+        return store
+
+    def installed(self, name: str) -> Installed | None:
+        """The service's current version without its key (planning, status), parsed once."""
+        return read_installed(self.plain_store(name), with_key=False, cache=self.public)
 
     def decision(
         self,

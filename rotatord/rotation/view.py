@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rotatord.core import policy
-from rotatord.rotation.installed import read_installed
 
 if TYPE_CHECKING:
     from rotatord.rotation.rotator import Rotator
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]:
     spec = rotator.spec(name)
     store = rotator.plain_store(name)
-    installed = read_installed(store, with_key=False)
+    installed = rotator.installed(name)
     decision = rotator.decision(spec, installed, now)
     doc: dict[str, Any] = {"service": name, "domains": list(spec.domains), "account": spec.account}
     if installed is not None:
@@ -35,10 +34,7 @@ def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]
             version=installed.version.name,
         )
         if policy.renew_before_clamped(info.lifetime, spec.renew_before):
-            doc["warning"] = (
-                f"renew_before {spec.renew_before} is too long for a {info.lifetime} certificate; "
-                "renewing at the default point instead"
-            )
+            doc["warning"] = policy.clamp_message(spec.renew_before, info.lifetime)
     else:
         doc.update(serial=None, version=None, not_after=None, days_left=None, seconds_left=None)
     entry = rotator.book.entry(store)

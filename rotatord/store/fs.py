@@ -118,6 +118,7 @@ class ServiceStore:
         self._ops = ops
         self._key_mode = key_mode
         self._key_gid = key_gid
+        self._layout_made = False  # status/journal writes check the tree once per store object
 
     # ------------------------------------------------------------------ layout and locking
 
@@ -163,7 +164,11 @@ class ServiceStore:
         if len(parts) != 2 or parts[0] != "versions" or not VERSION_RE.match(parts[1]):
             return None
         path = self.versions_dir / parts[1]
-        if not os.path.isdir(path) or os.path.islink(path):
+        try:
+            st = os.lstat(path)  # one call: a real directory, not a symlink to one
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
             return None
         return Version(parts[1], path)
 
@@ -329,9 +334,12 @@ class ServiceStore:
     def _write_doc(self, path: Path, doc: dict[str, Any]) -> None:
         data = (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode()
         try:
-            self.ensure_layout()
+            if not self._layout_made:
+                self.ensure_layout()
+                self._layout_made = True
             atomic_write(path, data, 0o644, self._ops)
         except OSError as exc:
+            self._layout_made = False  # perhaps removed under us: make it again next time
             raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
     # ------------------------------------------------------------------ recovery
