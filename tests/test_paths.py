@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -360,3 +361,110 @@ def test_rotation_with_planted_output_parent_fails_and_keeps_the_old_pair(
     assert f"{out / 'web'}: is a symlink" in status["last_error"]
     finished = w.audit.events("rotation_finished", "a")[-1]
     assert finished["outcome"] == res.outcome.value
+
+
+# ============================================================================================
+# check-config says it at load time
+# ============================================================================================
+
+
+def check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rotatord", "-c", str(config), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_names_every_planted_path_by_its_key(
+    tmp_path: Path, victim: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """check-config reports a planted parent symlink, a FIFO, a foreign directory-output root
+    and a pid file nobody owns as errors (exit 2), each with the file, its dotted key and the
+    path; a missing pid file and an output below nobody's directory are warnings."""
+    out = foreign_dir(tmp_path / "out")
+    (out / "link").symlink_to(victim)
+    os.mkfifo(tmp_path / "fifo.pem")
+    root = foreign_dir(tmp_path / "dirout")
+    planted = pid_file(tmp_path / "app.pid", sleeper.pid, uid=NOBODY)
+    config = tmp_path / "rotatord.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "state"
+[acme.a]
+directory = "https://ca.example/dir"
+[services.web]
+domains = ["web.example.test"]
+[[services.web.outputs]]
+path = "{out / "link" / "web.pem"}"
+[[services.web.outputs]]
+path = "{tmp_path / "fifo.pem"}"
+[[services.web.outputs]]
+path = "{root}"
+format = "directory"
+[[services.web.outputs]]
+path = "{out / "mine" / "web.pem"}"
+[[services.web.reload]]
+signal = "HUP"
+pid_file = "{planted}"
+[reload_targets.nginx]
+[[reload_targets.nginx.actions]]
+signal = "HUP"
+pid_file = "{tmp_path / "absent.pid"}"
+"""
+    )
+    (out / "mine").mkdir()
+    before = snapshot(victim)
+    result = check_config(config)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    warnings = [ln for ln in result.stdout.splitlines() if ln.startswith("warning:")]
+    expected_errors = [
+        f"error: {config}: services.web.outputs[0].path: {out / 'link'}: is a symlink",
+        f"error: {config}: services.web.outputs[1].path: {tmp_path / 'fifo.pem'}: is a FIFO",
+        f"error: {config}: services.web.outputs[2].path: {root}: a directory output's root",
+        f"error: {config}: services.web.reload[0].pid_file: pid file {planted}: is owned by uid",
+    ]
+    assert len(errors) == len(expected_errors), result.stderr
+    for line, want in zip(errors, expected_errors, strict=True):
+        assert line.startswith(want), (line, want)
+    assert len(warnings) == 2, result.stdout
+    assert warnings[0].startswith(
+        f"warning: {config}: services.web.outputs[3].path: {out / 'mine' / 'web.pem'}: will be "
+        f"written, but {out} is owned by uid 65534, not root: that user can replace"
+    )
+    assert warnings[1].startswith(
+        f"warning: {config}: reload_targets.nginx.actions[0].pid_file: pid file "
+        f"{tmp_path / 'absent.pid'}: does not exist"
+    )
+    assert "Traceback" not in result.stderr
+    assert snapshot(victim) == before and still_running(sleeper)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo.pem").st_mode)
+
+
+def test_check_config_is_quiet_about_safe_paths(tmp_path: Path) -> None:
+    """Outputs in root's own (or not yet existing) directories give no path warning, exit 0."""
+    (tmp_path / "tls").mkdir()
+    config = tmp_path / "rotatord.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "state"
+[acme.a]
+directory = "https://ca.example/dir"
+[services.web]
+domains = ["web.example.test"]
+[[services.web.outputs]]
+path = "{tmp_path / "tls" / "web.pem"}"
+[[services.web.outputs]]
+path = "{tmp_path / "later" / "web"}"
+format = "directory"
+"""
+    )
+    result = check_config(config)
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 services, 1 accounts)" in result.stdout
+    assert "warning" not in result.stdout and result.stderr == ""
