@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from rotatord.core.errors import ReloadError, StoreError
+from rotatord.config import load_config
+from rotatord.core.errors import ConfigError, ReloadError, StoreError
 from rotatord.core.model import OutputFormat, OutputSpec, SignalReload, Trigger
 from rotatord.deploy.outputs import publish
 from rotatord.deploy.paths import Trust, open_dir
@@ -468,3 +469,20 @@ format = "directory"
     assert result.returncode == 0, result.stderr
     assert "OK (1 services, 1 accounts)" in result.stdout
     assert "warning" not in result.stdout and result.stderr == ""
+
+
+def test_config_reads_a_signal_reloads_executable(tmp_path: Path) -> None:
+    """``executable`` is parsed onto a signal reload and refused on any other kind, by path."""
+    base = (
+        '[daemon]\nstate_dir = "s"\n[acme.a]\ndirectory = "https://ca.example/dir"\n'
+        '[services.web]\ndomains = ["web.example.test"]\n[[services.web.reload]]\n'
+    )
+    good = tmp_path / "good.toml"
+    good.write_text(base + 'signal = "HUP"\npid_file = "/run/x.pid"\nexecutable = "/usr/bin/x"\n')
+    action = load_config(good).services["web"].reload[0]
+    assert isinstance(action, SignalReload) and action.executable == Path("/usr/bin/x")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + 'command = ["/bin/true"]\nexecutable = "/usr/bin/x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert [p.path for p in info.value.problems] == ["services.web.reload[0].executable"]

@@ -100,7 +100,7 @@ def _pid_files(prefix: str, actions: Sequence[ReloadAction], trust: Trust) -> li
             continue
         key = f"{prefix}[{i}].pid_file"
         try:
-            open_target(action.pid_file, trust=trust).close()
+            open_target(action.pid_file, action.executable, trust).close()
         except PidFileError as exc:
             found.append(PathFinding("warning" if exc.absent else "error", key, str(exc)))
     return found

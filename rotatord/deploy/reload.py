@@ -108,7 +108,7 @@ class SubprocessReloader:
         # Whoever can write the pid file picks the process: open_target checks the file, that
         # its process is one the file's owner could signal, and holds it by pidfd until sent.
         try:
-            target = open_target(action.pid_file)
+            target = open_target(action.pid_file, action.executable)
         except ReloadError as exc:
             raise ReloadError(f"{desc}: {exc}") from exc
         try:
