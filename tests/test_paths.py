@@ -339,8 +339,8 @@ def test_rotation_with_planted_output_parent_fails_and_keeps_the_old_pair(
     tmp_path: Path, victim: Path
 ) -> None:
     """After a good rotation, nobody (who owns out/) swaps out/web for a symlink to a root-only
-    directory: the next rotation fails, the old pair stays current, nothing lands in the
-    victim, and status shows the failure naming the path."""
+    directory: the next rotation fails and is rolled back, the old pair stays current,
+    nothing lands in the victim, and status and audit show the failure naming the path."""
     out = foreign_dir(tmp_path / "out")
     spec = dataclasses.replace(service("a"), outputs=(key_output(out / "web" / "a.key"),))
     w = make_world(tmp_path / "state", [spec])
@@ -353,7 +353,9 @@ def test_rotation_with_planted_output_parent_fails_and_keeps_the_old_pair(
 
     res = w.rotator.rotate("a", force=True)
 
-    assert res.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK)
+    refused = f"{out / 'web'}: is a symlink, and {out} is owned by uid 65534"
+    assert res.outcome is Outcome.ROLLED_BACK
+    assert res.error is not None and res.error.startswith(refused)
     current = w.rotator.plain_store("a").current_version()
     assert current is not None and current.name == old.name
     assert snapshot(victim) == before
@@ -361,7 +363,11 @@ def test_rotation_with_planted_output_parent_fails_and_keeps_the_old_pair(
     assert status["failures"] == 1
     assert f"{out / 'web'}: is a symlink" in status["last_error"]
     finished = w.audit.events("rotation_finished", "a")[-1]
-    assert finished["outcome"] == res.outcome.value
+    assert finished["outcome"] == "rolled_back" and finished["error"].startswith(refused)
+    # The old pair's outputs cannot be restored through the planted link either: said so.
+    (rolled,) = w.audit.events("rolled_back", "a")
+    assert rolled["cause"].startswith(refused) and rolled["ok"] is False
+    assert w.audit.events("alarm", "a")
 
 
 # ============================================================================================
