@@ -3,7 +3,8 @@
 The only module that imports ``subprocess``. Commands never pass through a shell; they get an
 explicit, minimal environment (a fixed PATH plus ``ROTATORD_*`` variables naming *paths*, never
 secrets), no stdin, their own process group (so a timeout kills the whole group), and captured
-output of which only a short tail is kept for the audit log.
+output of which only a short tail is kept for the audit log. A ``signal`` reload signals only
+a process ``deploy.pidfile`` has checked (the pid file's owner could have signalled it itself).
 """
 
 from __future__ import annotations
