@@ -25,8 +25,10 @@ from rotatord.deploy.outputs import publish
 from rotatord.deploy.paths import Trust, open_dir
 from rotatord.deploy.pidfile import PidFileError, open_target
 from rotatord.deploy.reload import SubprocessReloader
+from rotatord.fsutil import FsOps
 from rotatord.rotation import Outcome, service_status
 from tests.certs import make_bundle
+from tests.fakes import FaultyFsOps
 from tests.world import make_world, service
 
 pytestmark = pytest.mark.root  # conftest: skip without root, fail under CI=true
@@ -195,6 +197,50 @@ def test_group_or_world_writable_directory_output_root_is_refused(tmp_path: Path
     with pytest.raises(StoreError, match="directory output's root must be owned"):
         publish([OutputSpec(path=root, format=OutputFormat.DIRECTORY)], make_bundle(), VERSION)
     assert os.listdir(root) == []
+
+
+class SwapBeforeFirstFile(FsOps):
+    """FsOps that, just before the first file is created, does what a racing attacker who owns
+    ``out`` would: moves ``out/web`` away and plants ``out/web -> victim``."""
+
+    def __init__(self, out: Path, victim: Path) -> None:
+        self.out, self.victim, self.swapped = out, victim, False
+
+    def open_excl(self, path: Path, mode: int, uid: int = -1, gid: int = -1) -> int:
+        if not self.swapped:
+            self.swapped = True
+            os.rename(self.out / "web", self.out / "moved")
+            (self.out / "web").symlink_to(self.victim)
+        return super().open_excl(path, mode, uid, gid)
+
+
+def test_swapping_a_checked_parent_mid_write_cannot_redirect_it(
+    tmp_path: Path, victim: Path
+) -> None:
+    """The walk's check cannot go stale: a parent swapped for a symlink after it was checked
+    and before the file is created still gets the file (it was opened, not re-walked), the
+    victim gets nothing, and the next publish refuses the symlink."""
+    out = foreign_dir(tmp_path / "out")
+    (out / "web").mkdir()
+    before = snapshot(victim)
+    bundle = make_bundle()
+    ops = SwapBeforeFirstFile(out, victim)
+    publish([key_output(out / "web" / "a.key")], bundle, VERSION, ops)
+    assert ops.swapped
+    assert snapshot(victim) == before
+    assert (out / "moved" / "a.key").read_bytes() == bundle.key_pem
+    with pytest.raises(StoreError, match=rf"^{out / 'web'}: is a symlink"):
+        publish([key_output(out / "web" / "a.key")], bundle, VERSION)
+    assert snapshot(victim) == before
+
+
+def test_a_failing_mkdir_on_the_way_is_a_store_error_naming_the_directory(tmp_path: Path) -> None:
+    """An OSError while walking (here ENOSPC creating a missing parent) comes out as a
+    StoreError naming that directory, so a rotation records it like any refused path."""
+    missing = tmp_path / "new"
+    with pytest.raises(StoreError, match=rf"^{missing}: cannot open or create: No space left"):
+        publish([key_output(missing / "a.key")], make_bundle(), VERSION, FaultyFsOps(full=True))
+    assert not missing.exists()
 
 
 def test_open_dir_reports_the_first_missing_component_without_creating(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ Rules: never follow a symlink an untrusted user could have made; never raise any
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -145,15 +146,17 @@ def open_dir(
     only with ``follow_last`` (a file's parent: yes; a directory output's root: never).
 
     Missing components are created with ``create_mode`` (owned by us), or, when it is None,
-    the walk stops and returns None. Raises StoreError naming the component that is refused.
+    the walk stops and returns None. Raises StoreError naming the component that is refused
+    or could not be opened.
     """
     if not path.is_absolute():
         raise StoreError(f"{path}: must be an absolute path")
     todo = [p for p in path.parts[1:] if p not in ("", ".")]
     shown = Path("/")
-    stack = [_checked(os.open("/", DIR_FLAGS), shown, trust, None)]
+    stack: list[SafeDir] = []
     links = 0
     try:
+        stack.append(_checked(os.open("/", DIR_FLAGS), shown, trust, None))
         while todo:
             name = todo.pop(0)
             here = stack[-1]
@@ -195,10 +198,13 @@ def open_dir(
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=here.fd)
             except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
                 raise StoreError(f"{shown}: changed while being checked ({exc.strerror})") from exc
             stack.append(_checked(fd, path if last else shown, trust, here))
-        found = stack.pop()
-        return found
+        return stack.pop()
+    except OSError as exc:  # EACCES, ENOSPC, EIO, ... on the way: name where it happened
+        raise StoreError(f"{shown}: cannot open or create: {exc.strerror or exc}") from exc
     finally:
         for d in stack:
             d.close()
