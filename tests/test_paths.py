@@ -13,14 +13,15 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from rotatord.config import load_config
 from rotatord.core.errors import ConfigError, ReloadError, StoreError
-from rotatord.core.model import OutputFormat, OutputSpec, SignalReload, Trigger
+from rotatord.core.model import OutputFormat, OutputSpec, ReloadAction, SignalReload, Trigger
 from rotatord.deploy.outputs import publish
 from rotatord.deploy.paths import Trust, open_dir
 from rotatord.deploy.pidfile import PidFileError, open_target
@@ -538,3 +539,68 @@ def test_config_reads_a_signal_reloads_executable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert [p.path for p in info.value.problems] == ["services.web.reload[0].executable"]
+
+
+HUP_COUNTER = """
+import signal, sys, time
+def hup(*_):
+    with open(sys.argv[1], "a") as f:
+        f.write("hup\\n")
+signal.signal(signal.SIGHUP, hup)
+open(sys.argv[2], "w").close()  # ready: the handler is installed
+for _ in range(600):
+    time.sleep(0.1)
+"""
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_rotation_with_a_user_writable_pid_file_fails_and_signals_nothing(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    """A real signal reload inside a rotation: with root's pid file the server gets SIGHUP; once
+    nobody owns the pid file and points it at another root process, the next rotation is
+    refused naming the pid file and rolled back, the old pair stays current, and neither
+    process gets a signal."""
+    hups = tmp_path / "hups"
+    ready = tmp_path / "ready"
+    server = subprocess.Popen([sys.executable, "-c", HUP_COUNTER, str(hups), str(ready)])
+    try:
+        pid = pid_file(tmp_path / "server.pid", server.pid)
+        reload = SignalReload(pid_file=pid, signal=signal.SIGHUP)
+        spec = dataclasses.replace(service("a"), reload=(reload,))
+        w = make_world(tmp_path / "state", [spec])
+        real = SubprocessReloader()
+
+        def really_signal(action: ReloadAction, env: Mapping[str, str]) -> None:
+            real.run(action, env)
+
+        w.reloader.on_run = really_signal
+        assert wait_for(ready.exists)
+        assert w.rotator.rotate("a", trigger=Trigger.STARTUP).outcome is Outcome.ROTATED
+        assert wait_for(lambda: hups.exists() and hups.read_text() == "hup\n")
+        old = w.rotator.plain_store("a").current_version()
+        assert old is not None
+
+        pid_file(pid, sleeper.pid, uid=NOBODY)  # what nobody could do to its own file
+        res = w.rotator.rotate("a", force=True)
+
+        refused = f"pid file {pid}: is owned by uid 65534 but names pid {sleeper.pid}"
+        assert res.outcome is Outcome.ROLLED_BACK
+        assert res.error is not None and refused in res.error
+        current = w.rotator.plain_store("a").current_version()
+        assert current is not None and current.name == old.name
+        assert service_status(w.rotator, "a", w.clock.now())["failures"] == 1
+        assert any(refused in r["error"] for r in w.audit.events("reload_failed", "a"))
+        assert still_running(sleeper)
+        assert hups.read_text() == "hup\n"
+    finally:
+        server.kill()
+        server.wait()
