@@ -21,6 +21,7 @@ from rotatord.core import policy
 from rotatord.core.errors import ConfigError, ControlError, RotatordError
 from rotatord.core.model import Config, Trigger
 from rotatord.daemon import Daemon, DaemonLock, build_rotator
+from rotatord.deploy.pathcheck import check_paths
 from rotatord.observe.audit import verify_chain
 from rotatord.observe.logging import configure_logging
 from rotatord.rotation import read_installed, recover_service, recover_state, service_status
@@ -86,10 +87,23 @@ def _print_problems(exc: ConfigError) -> None:
 
 
 def cmd_check_config(config: Config) -> int:
-    print(f"{config.source}: OK ({len(config.services)} services, {len(config.acme)} accounts)")
+    # Paths as the daemon will judge them at write time (it checks again then): an error is
+    # one it would refuse, a warning one it would use but someone else can still change.
+    findings = check_paths(config)
+    errors = [f for f in findings if f.severity == "error"]
+    for f in errors:
+        print(f"error: {config.source}: {f.key}: {f.message}", file=sys.stderr)
+    summary = f"{len(config.services)} services, {len(config.acme)} accounts"
+    if errors:
+        print(f"{config.source}: {len(errors)} path problem(s) ({summary})", file=sys.stderr)
+    else:
+        print(f"{config.source}: OK ({summary})")
     for line in renew_before_warnings(config):
         print(f"warning: {config.source}: {line}")
-    return EXIT_OK
+    for f in findings:
+        if f.severity != "error":
+            print(f"warning: {config.source}: {f.key}: {f.message}")
+    return EXIT_USAGE if errors else EXIT_OK
 
 
 def renew_before_warnings(config: Config) -> list[str]:

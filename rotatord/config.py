@@ -144,7 +144,15 @@ _SERVICE_KEYS: Final = (
     "probe_deadline",
 )
 _CHALLENGE_KEYS: Final = ("type", "listen", "webroot")
-_RELOAD_KEYS: Final = ("command", "env", "timeout", "signal", "pid_file", "systemd_unit")
+_RELOAD_KEYS: Final = (
+    "command",
+    "env",
+    "timeout",
+    "signal",
+    "pid_file",
+    "executable",
+    "systemd_unit",
+)
 _OUTPUT_KEYS: Final = ("path", "format", "mode", "owner", "group", "password_file")
 _TARGET_KEYS: Final = ("order", "actions")
 _PROBE_KEYS: Final = ("address", "unix_socket", "sni")
@@ -1137,6 +1145,9 @@ def _reload(ctx: _Ctx, raw: object, path: str) -> ReloadAction | None:
             "missing required key 'pid_file': a signal needs the file holding the target's pid",
         )
     unit = _unit(ctx, table, path)
+    executable = _path(ctx, table, "executable", path)
+    if "executable" in table and "pid_file" not in table:
+        ctx.add(_join(path, "executable"), "'executable' only applies to a 'signal' reload action")
 
     if len(ctx.problems) != before:
         return None
@@ -1144,7 +1155,7 @@ def _reload(ctx: _Ctx, raw: object, path: str) -> ReloadAction | None:
     if argv is not None:
         action = CommandReload(argv=argv, env=MappingProxyType(env))
     elif pid_file is not None:
-        action = SignalReload(pid_file=pid_file, signal=sig or signal.SIGHUP)
+        action = SignalReload(pid_file=pid_file, signal=sig or signal.SIGHUP, executable=executable)
     elif unit is not None:
         action = SystemdReload(unit=unit)
     else:  # unreachable: a missing kind was reported above

@@ -133,6 +133,7 @@ class SignalReload:
     pid_file: Path
     signal: signal.Signals = signal.SIGHUP
     timeout_seconds: float = 5.0
+    executable: Path | None = None  # if set, the pid's /proc/<pid>/exe must be this program
 
 
 @dataclass(frozen=True)

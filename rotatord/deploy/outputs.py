@@ -6,8 +6,12 @@ set before any byte, fsync, rename, fsync the directory). A consumer that reads 
 certificate as two files gets a ``directory`` output: a complete version directory and a
 ``current`` symlink flipped in one rename, so it can never pair a new certificate with an old key.
 
-Rules: never write through a planted symlink or into a hard-linked file; never log a key or a
-PKCS#12 password.
+Every output is reached through ``deploy.paths`` (each component opened relative to the last,
+none followed where someone else could have planted it) and only a regular file, or nothing, is
+ever replaced; a directory output's root must be ours.
+
+Rules: never write through a planted symlink, into a hard-linked file, or over a FIFO or
+device; never log a key or a PKCS#12 password.
 """
 
 from __future__ import annotations
@@ -27,12 +31,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from rotatord.core import keys
 from rotatord.core.errors import StoreError
 from rotatord.core.model import OutputFormat, OutputSpec
+from rotatord.deploy.paths import SafeDir, Trust, check_owned_root, check_slot, open_dir
 from rotatord.fsutil import (
     DEFAULT_OPS,
     TEMP_PREFIX,
     FsOps,
-    atomic_write,
-    ensure_tree,
     read_file_nofollow,
     temp_name,
     write_new_file,
@@ -88,80 +91,124 @@ def render(spec: OutputSpec, bundle: Bundle) -> bytes:
 
 
 def _publish_directory(
-    spec: OutputSpec, bundle: Bundle, version: str, uid: int, gid: int, ops: FsOps
+    spec: OutputSpec, bundle: Bundle, version: str, uid: int, gid: int, ops: FsOps, trust: Trust
 ) -> None:
-    root = spec.path
-    ensure_tree(root, 0o755, ops)
-    target = root / version
-    if os.path.lexists(target) and not _is_real_dir(target):
-        raise StoreError(f"{target}: exists and is not a real directory; refusing to use it")
-    if not _is_real_dir(target):
-        tmp = root / temp_name()
-        try:
-            # The version directory stays ours (so we can prune it); only the files inside get
-            # the consumer's owner. 0755 lets the consumer traverse it.
-            ops.mkdir(tmp, 0o755)
-            files = (
-                ("privkey.pem", bundle.key_pem, spec.mode),
-                ("cert.pem", bundle.cert_pem, 0o644),
-                ("chain.pem", bundle.chain_pem, 0o644),
-                ("fullchain.pem", bundle.fullchain_pem, 0o644),
-            )
-            for name, data, mode in files:
-                write_new_file(tmp / name, data, mode, ops, uid, gid)
-            ops.fsync_dir(tmp)
-            ops.rename(tmp, target)
-            ops.fsync_dir(root)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"{root}: cannot publish version: {exc.strerror or exc}") from exc
-    link = root / "current"
-    if os.path.lexists(link) and not os.path.islink(link):
-        raise StoreError(f"{link}: is not a symlink; refusing to replace it")
-    tmp_link = root / temp_name(".current" + TEMP_PREFIX)
+    with _open_created(spec.path, trust, ops, follow_last=False) as root:
+        # Whoever can change the root can point ``current`` at a key of their own.
+        check_owned_root(root, trust)
+        _publish_version(root, spec, bundle, version, uid, gid, ops)
+        _switch_current(root, version, ops)
+        _prune_directory(root, version)
+
+
+def _open_created(path: Path, trust: Trust, ops: FsOps, *, follow_last: bool) -> SafeDir:
+    found = open_dir(path, trust, create_mode=0o755, follow_last=follow_last, ops=ops)
+    if found is None:  # open_dir creates what is missing; None only without create_mode
+        raise StoreError(f"{path}: could not be created")
+    return found
+
+
+def _publish_version(
+    root: SafeDir, spec: OutputSpec, bundle: Bundle, version: str, uid: int, gid: int, ops: FsOps
+) -> None:
+    st = root.lstat(version)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return
+    if st is not None:
+        raise StoreError(
+            f"{spec.path / version}: exists and is not a real directory; refusing to use it"
+        )
+    tmp = temp_name()
     try:
-        ops.symlink(version, tmp_link)
-        ops.replace(tmp_link, link)
-        ops.fsync_dir(root)
+        # The version directory stays ours (so we can prune it); only the files inside get
+        # the consumer's owner. 0755 lets the consumer traverse it.
+        ops.mkdir(root.at(tmp), 0o755)
+        files = (
+            ("privkey.pem", bundle.key_pem, spec.mode),
+            ("cert.pem", bundle.cert_pem, 0o644),
+            ("chain.pem", bundle.chain_pem, 0o644),
+            ("fullchain.pem", bundle.fullchain_pem, 0o644),
+        )
+        for name, data, mode in files:
+            write_new_file(root.at(tmp) / name, data, mode, ops, uid, gid)
+        ops.fsync_dir(root.at(tmp))
+        ops.rename(root.at(tmp), root.at(version))
+        ops.fsync(root.fd)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True, dir_fd=root.fd)
+        raise StoreError(f"{spec.path}: cannot publish version: {exc.strerror or exc}") from exc
+
+
+def _switch_current(root: SafeDir, version: str, ops: FsOps) -> None:
+    st = root.lstat("current")
+    if st is not None and not stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"{root.path / 'current'}: is not a symlink; refusing to replace it")
+    tmp_link = temp_name(".current" + TEMP_PREFIX)
+    try:
+        ops.symlink(version, root.at(tmp_link))
+        ops.replace(root.at(tmp_link), root.at("current"))
+        ops.fsync(root.fd)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_link)
-        raise StoreError(f"{link}: cannot switch: {exc.strerror or exc}") from exc
-    _prune_directory(root, version)
+            os.unlink(tmp_link, dir_fd=root.fd)
+        raise StoreError(f"{root.path / 'current'}: cannot switch: {exc.strerror or exc}") from exc
 
 
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False
+def _is_real_dir(root: SafeDir, name: str) -> bool:
+    st = root.lstat(name)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
-def _prune_directory(root: Path, current: str) -> None:
-    versions = sorted(e for e in os.listdir(root) if VERSION_RE.match(e) and _is_real_dir(root / e))
+def _prune_directory(root: SafeDir, current: str) -> None:
+    versions = sorted(
+        e for e in os.listdir(root.fd) if VERSION_RE.match(e) and _is_real_dir(root, e)
+    )
     keep = set(versions[-DIRECTORY_KEEP:]) | {current}
     for name in versions:
         if name not in keep:
-            zero_file(root / name, "privkey.pem")
-            shutil.rmtree(root / name, ignore_errors=True)
+            zero_file(root.at(name), "privkey.pem")
+            shutil.rmtree(name, ignore_errors=True, dir_fd=root.fd)
+
+
+def _publish_file(
+    spec: OutputSpec, data: bytes, uid: int, gid: int, ops: FsOps, trust: Trust
+) -> None:
+    """Replace one file in one rename, in a parent reached by :func:`open_dir`; refuse anything
+    but a regular file (a FIFO, a device, a symlink) at the path."""
+    name = spec.path.name
+    with _open_created(spec.path.parent, trust, ops, follow_last=True) as parent:
+        check_slot(parent, name, spec.path)
+        tmp = temp_name(f".{name}{TEMP_PREFIX}")
+        try:
+            write_new_file(parent.at(tmp), data, mode=spec.mode, ops=ops, uid=uid, gid=gid)
+            ops.rename(parent.at(tmp), parent.at(name))
+            ops.fsync(parent.fd)  # the directory itself: fsync_dir would reopen it by path
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent.fd)
+            raise StoreError(f"{spec.path}: cannot write: {exc.strerror or exc}") from exc
 
 
 def publish(
-    outputs: Sequence[OutputSpec], bundle: Bundle, version: str, ops: FsOps = DEFAULT_OPS
+    outputs: Sequence[OutputSpec],
+    bundle: Bundle,
+    version: str,
+    ops: FsOps = DEFAULT_OPS,
+    trust: Trust | None = None,
 ) -> list[str]:
-    """Publish every output of one version; returns the paths written. StoreError on failure
-    (outputs already replaced stay replaced: the caller rolls back by publishing the old one)."""
+    """Publish every output of one version; returns the paths written. StoreError on failure,
+    naming the refused path (outputs already replaced stay replaced: the caller rolls back by
+    publishing the old one). ``trust`` defaults to root and this process's user and group."""
+    trust = trust or Trust.of_process()
     written: list[str] = []
     for spec in outputs:
         uid, gid = owner_ids(spec)
-        if spec.format is OutputFormat.DIRECTORY:
-            _publish_directory(spec, bundle, version, uid, gid, ops)
-        else:
-            if not spec.path.parent.exists():
-                ensure_tree(spec.path.parent, 0o755, ops)
-            try:
-                atomic_write(spec.path, render(spec, bundle), spec.mode, ops, uid, gid)
-            except OSError as exc:
-                raise StoreError(f"{spec.path}: cannot write: {exc.strerror or exc}") from exc
+        try:
+            if spec.format is OutputFormat.DIRECTORY:
+                _publish_directory(spec, bundle, version, uid, gid, ops, trust)
+            else:
+                _publish_file(spec, render(spec, bundle), uid, gid, ops, trust)
+        except OSError as exc:  # opening a component (EACCES, ELOOP, ...)
+            raise StoreError(f"{spec.path}: cannot publish: {exc.strerror or exc}") from exc
         written.append(str(spec.path))
     return written

@@ -3,7 +3,8 @@
 The only module that imports ``subprocess``. Commands never pass through a shell; they get an
 explicit, minimal environment (a fixed PATH plus ``ROTATORD_*`` variables naming *paths*, never
 secrets), no stdin, their own process group (so a timeout kills the whole group), and captured
-output of which only a short tail is kept for the audit log.
+output of which only a short tail is kept for the audit log. A ``signal`` reload signals only
+a process ``deploy.pidfile`` has checked (the pid file's owner could have signalled it itself).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 
 from rotatord.core.errors import ReloadError
 from rotatord.core.model import CommandReload, ReloadAction, SignalReload, SystemdReload
-from rotatord.fsutil import read_file_nofollow
+from rotatord.deploy.pidfile import open_target
 
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -105,15 +106,16 @@ class SubprocessReloader:
 
     def _signal(self, action: SignalReload) -> ReloadResult:
         desc = describe(action)
+        # Whoever can write the pid file picks the process: open_target checks the file, that
+        # its process is one the file's owner could signal, and holds it by pidfd until sent.
         try:
-            raw = read_file_nofollow(action.pid_file, limit=64).decode().strip()
-            pid = int(raw)
-        except (OSError, ValueError) as exc:
-            raise ReloadError(f"{desc}: cannot read a pid from {action.pid_file}: {exc}") from exc
-        if pid <= 1:
-            raise ReloadError(f"{desc}: refusing to signal pid {pid}")
+            target = open_target(action.pid_file, action.executable)
+        except ReloadError as exc:
+            raise ReloadError(f"{desc}: {exc}") from exc
         try:
-            os.kill(pid, action.signal)
+            target.send(action.signal)
         except OSError as exc:
-            raise ReloadError(f"{desc}: cannot signal pid {pid}: {exc.strerror}") from exc
+            raise ReloadError(f"{desc}: cannot signal pid {target.pid}: {exc.strerror}") from exc
+        finally:
+            target.close()
         return ReloadResult(desc, 0)
