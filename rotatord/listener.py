@@ -268,8 +268,8 @@ class Listener:
         if self._paused_until is not None:
             deadlines.append(self._paused_until)
         oldest = self._oldest_idle()
-        if not self._accepting and oldest is not None:
-            deadlines.append(oldest + EVICT_IDLE)
+        if self._at_cap and not self._accepting and oldest is not None:
+            deadlines.append(oldest + EVICT_IDLE)  # paused at the cap: when one becomes evictable
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _expire(self, now: float) -> None:
@@ -439,7 +439,7 @@ class Listener:
         if self._sock is not None:
             self._set_accepting(False)
             self._sock.close()
-            self._sock = None
+            self._sock, self._at_cap = None, False
 
     def _cleanup(self) -> None:
         for conn in list(self._conns.values()):

@@ -468,3 +468,34 @@ class _Echo:
 
     def refusal(self, why: str) -> bytes:
         return why.encode() + b"\n"
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """User + system CPU time of one thread of this process, from /proc."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_listener_at_its_cap_or_stopped_does_not_spin() -> None:
+    """At its cap with idle connections, and after stop_accepting with idle connections left,
+    the selector thread sleeps until the next deadline instead of spinning (under 0.1 s of CPU
+    in a 1 s window each)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    limits = Limits(max_connections=2, request_deadline=5.0, write_deadline=1.0, max_request=64)
+    listener = Listener(sock, _Echo(), limits, "spin")
+    listener.start()
+    tid = listener._thread.native_id
+    assert tid is not None
+    clients = [socket.create_connection(sock.getsockname(), timeout=10) for _ in range(4)]
+    try:
+        poll(lambda: listener.evicted == 2 and listener.open_connections == 2, 10, "evictions")
+        for phase in ("at cap", "stopped"):
+            before = thread_cpu_seconds(tid)
+            select.select([], [], [], 1.0)  # the measuring window, not a synchronisation
+            used = thread_cpu_seconds(tid) - before
+            assert used < 0.1, f"{phase}: selector thread used {used:.2f}s of CPU in 1s"
+            listener.stop_accepting()
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
