@@ -123,6 +123,16 @@ def raw_request(path: Path, data: bytes, timeout: float = 10) -> dict[str, Any]:
     return reply
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sent before it closed (a reset after a refusal included: closing
+    with unread request bytes makes the kernel send RST)."""
+    got = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
 def make_verbs(tmp: Path, allowed: list[int], clock: FakeClock) -> tuple[Verbs, Path]:
     """The daemon's real control verbs over a one-service config; returns them and the audit
     log's path."""
@@ -499,3 +509,66 @@ def test_a_listener_at_its_cap_or_stopped_does_not_spin() -> None:
         for c in clients:
             c.close()
         listener.close()
+
+
+HTTP_CASES = {
+    "token": (f"GET /.well-known/acme-challenge/{TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+    "head": (f"HEAD /.well-known/acme-challenge/{TOKEN} HTTP/1.1\r\n\r\n", 200),
+    "http/1.0, bare newlines": (f"GET /.well-known/acme-challenge/{TOKEN} HTTP/1.0\n\n", 200),
+    "unknown token": ("GET /.well-known/acme-challenge/other HTTP/1.1\r\n\r\n", 404),
+    "outside the prefix": ("GET /etc/passwd HTTP/1.1\r\n\r\n", 404),
+    "other method": (f"POST /.well-known/acme-challenge/{TOKEN} HTTP/1.1\r\n\r\n", 405),
+    "garbage": ("\x16\x03\x01 hello\r\n\r\n", 400),
+    "headers too large": ("GET / HTTP/1.1\r\nX: " + "a" * 9000, 431),
+}
+
+
+@pytest.mark.parametrize("case", list(HTTP_CASES), ids=list(HTTP_CASES))
+def test_http01_answers_each_request_with_the_right_status(case: str) -> None:
+    """Validators get 200 with the key authorization; anything else gets a plain status line
+    (404, 405, 400, 431), then the connection closes."""
+    raw, status = HTTP_CASES[case]
+    port = free_port()
+    pool = StandalonePool(linger=0)
+    with (
+        pool.serving(Http01Standalone("127.0.0.1", port), {TOKEN: KEY_AUTH}),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            sock.sendall(raw.encode("latin-1"))
+        reply = read_until_closed(sock)
+    pool.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].startswith(f"HTTP/1.1 {status} ".encode()), reply
+    assert b"Connection: close" in head
+    expected = KEY_AUTH.encode() if status == 200 and not raw.startswith("HEAD") else b""
+    assert body == expected
+
+
+def test_control_reply_nobody_reads_is_dropped_at_the_write_deadline(short_tmp: Path) -> None:
+    """A client that asks for a large reply and never reads it holds its worker and slot only
+    until the write deadline (0.5 s here): then the server is idle again."""
+    called = threading.Event()
+
+    def big(_req: dict[str, Any], _peer: Peer) -> dict[str, Any]:
+        called.set()
+        return {"ok": True, "blob": "x" * 8_000_000}
+
+    path = short_tmp / "ctl.sock"
+    limits = Limits(16, request_deadline=5.0, write_deadline=0.5, max_request=1024, workers=2)
+    ctl = ControlServer(path, big, limits=limits)
+    ctl.start()
+    assert ctl.listener is not None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(path))
+            sock.sendall(b'{"verb": "status"}\n')
+            assert called.wait(10)
+            start = time.monotonic()
+            assert ctl.listener.wait_idle(10), "reply still pending after 10 s"
+            took = time.monotonic() - start
+            assert ctl.listener.open_connections == 0
+        assert 0.3 <= took < 3.0, took
+        assert control.request(path, {"verb": "ping"}, timeout=10)["ok"] is True
+    finally:
+        ctl.stop()
