@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import queue
 import selectors
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
 from rotatord.clock import Clock, SystemClock
 from rotatord.observe.logging import get_logger
+from rotatord.workpool import WorkerPool
 
 log = get_logger("rotatord.listener")
 
@@ -97,38 +96,6 @@ class _Conn:
         self.state = _READING
 
 
-class _Pool:
-    """At most ``size`` daemon threads, started as needed (ThreadPoolExecutor's rule), daemon so
-    a hung answer cannot hold the process at exit."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = size
-        self._name = name
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
-        self._threads: list[threading.Thread] = []
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-        if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
-            t = threading.Thread(
-                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
-            )
-            self._threads.append(t)
-            t.start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-            self._idle.release()
-
-    def stop(self, timeout: float = 1.0) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-        for t in self._threads:
-            t.join(timeout)
-
-
 class Listener:
     """Serves ``protocol`` on an already bound and listening ``sock`` until ``close``."""
 
@@ -151,7 +118,7 @@ class Listener:
         self._no_accept = False
         self._paused_until: float | None = None  # out of descriptors until then
         self._accepting = False  # the listening socket is registered with the selector
-        self._pool = _Pool(limits.workers, name) if limits.workers > 0 else None
+        self._pool = WorkerPool(limits.workers, name) if limits.workers > 0 else None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._cap_logged_at: float | None = None
         self._since_log = [0, 0]  # evicted, pauses since the last cap log line
