@@ -125,7 +125,10 @@ class Daemon:
         )
         verbs = Verbs(lambda: self.config, self.loop, self.reload_config)
         control = ControlServer(
-            cfg.daemon.control_socket, verbs.handle, cfg.daemon.control_socket_group
+            cfg.daemon.control_socket,
+            verbs.handle,
+            cfg.daemon.control_socket_group,
+            admit=verbs.admit,
         )
         try:
             control.start()

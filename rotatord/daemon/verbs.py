@@ -1,7 +1,11 @@
 """Control verbs: what the daemon answers on its control socket.
 
 Rules: the caller's uid (from SO_PEERCRED) is audited for every request and checked against
-``control_allowed_uids`` before anything else; a verb never raises (errors become replies).
+``control_allowed_uids`` before anything else — at accept (``admit``, before a byte is read) and
+again per request (the config may have changed in between); a verb never raises (errors become
+replies). Refusals at accept are audited at most once per ``REFUSAL_AUDIT_INTERVAL`` per uid,
+the next record counting those in between (``refused_since_last``), so a refused user's connect
+loop cannot turn into one fsynced audit record per connection.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from rotatord.daemon.loop import ServiceLoop
 from rotatord.rotation import service_status
 from rotatord.runtime.control import Peer
 
+REFUSAL_AUDIT_INTERVAL = 1.0
+
 
 class Verbs:
     def __init__(
@@ -28,6 +34,31 @@ class Verbs:
         self._config = config
         self._loop = loop
         self._reload = reload_config
+        # uid -> (monotonic time of its last audited refusal, refusals not audited since)
+        self._refusals: dict[int, tuple[float, int]] = {}
+
+    def admit(self, peer: Peer) -> dict[str, Any] | None:
+        """At accept: None lets the caller send its request; otherwise the refusal to send."""
+        if peer.uid in self._config().daemon.control_allowed_uids:
+            return None
+        now = self._loop.clock.monotonic()
+        last, unaudited = self._refusals.get(peer.uid, (None, 0))
+        if last is not None and now - last < REFUSAL_AUDIT_INTERVAL:
+            self._refusals[peer.uid] = (last, unaudited + 1)
+        else:
+            self._refusals[peer.uid] = (now, 0)
+            with contextlib.suppress(RotatordError):
+                self._loop.audit.emit(
+                    "control_request",
+                    verb=None,
+                    service=None,
+                    uid=peer.uid,
+                    pid=peer.pid,
+                    allowed=False,
+                    stage="accept",
+                    refused_since_last=unaudited,
+                )
+        return _forbidden(peer)
 
     def handle(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         verb = req.get("verb")
@@ -43,7 +74,7 @@ class Verbs:
                 allowed=allowed,
             )
         if not allowed:
-            return {"ok": False, "error": f"uid {peer.uid} is not allowed", "code": "forbidden"}
+            return _forbidden(peer)
         try:
             if verb == "ping":
                 return {"ok": True, "pid": os.getpid()}
@@ -115,3 +146,7 @@ class Verbs:
                 }
             docs.append(doc)
         return docs
+
+
+def _forbidden(peer: Peer) -> dict[str, Any]:
+    return {"ok": False, "error": f"uid {peer.uid} is not allowed", "code": "forbidden"}

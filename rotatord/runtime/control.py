@@ -5,8 +5,14 @@ The caller's uid comes from SO_PEERCRED (the kernel's word, not the client's) an
 unless listed in ``[daemon] control_allowed_uids``. The socket is created 0660 (group from
 config) under a private umask, so there is no instant at which it is open to everyone.
 
+Connections are served by a ``rotatord.listener.Listener`` (one selector thread, at most
+``CONTROL_LIMITS.workers`` answering, capped connections, a deadline per request). With an
+``admit`` callback the uid is checked at accept, before a byte is read, and a refused caller gets
+its reply and is closed at once.
+
 Rules: never trust anything the client says about who it is; one request per connection; bounded
-request size.
+request size and nesting; every malformed request gets an error reply (``ok: false`` and a
+``code``), never silence or a traceback.
 """
 
 from __future__ import annotations
@@ -16,18 +22,32 @@ import grp
 import json
 import os
 import socket
-import socketserver
 import stat
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rotatord.core.errors import ControlError
+from rotatord.listener import BACKLOG, Limits, Listener, Refused
+from rotatord.observe.logging import get_logger
+
+log = get_logger("rotatord.control")
 
 MAX_REQUEST = 64 * 1024
+MAX_DEPTH = 16  # no verb takes more than two levels; json's own limit (~1000) is a RecursionError
+# Callers are the CLI and scripts of the socket's group: one short line sent at once. 64 slots
+# and 10 s bound what a member of the group can hold (a flood of idle connections evicts the
+# oldest idle one, so a real `status` still gets in); 8 workers answer at once (a `rotate` holds
+# one for as long as the rotation takes), more wait their turn.
+CONTROL_LIMITS = Limits(
+    max_connections=64,
+    request_deadline=10.0,
+    write_deadline=30.0,
+    max_request=MAX_REQUEST,
+    workers=8,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +58,9 @@ class Peer:
 
 
 Handler = Callable[[dict[str, Any], Peer], dict[str, Any]]
+# Called at accept with the kernel's word on the caller, before a byte is read: None admits,
+# a reply refuses (sent, then the connection is closed).
+Admit = Callable[[Peer], dict[str, Any] | None]
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -46,56 +69,115 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(pid, uid, gid)
 
 
-class _RequestHandler(socketserver.StreamRequestHandler):
-    server: _Server
+def _encode(reply: dict[str, Any]) -> bytes:
+    return (json.dumps(reply, default=str) + "\n").encode()
 
-    def handle(self) -> None:
-        peer = peer_of(self.request)
-        line = self.rfile.readline(MAX_REQUEST + 1)
-        if len(line) > MAX_REQUEST:
-            reply: dict[str, Any] = {"ok": False, "error": "request too large"}
+
+def _error(code: str, message: str) -> bytes:
+    return _encode({"ok": False, "error": message, "code": code})
+
+
+def _too_deep(doc: object, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[object, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: list[object] = list(node.values())
+        elif isinstance(node, list):
+            children = node
         else:
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("request must be a JSON object")
-            except ValueError as exc:
-                reply = {"ok": False, "error": f"bad request: {exc}"}
-            else:
-                reply = self.server.tracked_dispatch(request, peer)
-        with contextlib.suppress(OSError):
-            self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
 
 
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
+def parse_request(line: bytes) -> dict[str, Any] | bytes:
+    """The request object, or the error reply for a malformed one."""
+    try:
+        request = json.loads(line)
+    except RecursionError:
+        return _error("bad_request", f"bad request: nested deeper than {MAX_DEPTH} levels")
+    except ValueError as exc:  # also bad UTF-8 (UnicodeDecodeError) and huge integers
+        return _error("bad_request", f"bad request: {str(exc)[:200]}")
+    if not isinstance(request, dict):
+        return _error("bad_request", "bad request: request must be a JSON object")
+    if _too_deep(request, MAX_DEPTH):
+        return _error("bad_request", f"bad request: nested deeper than {MAX_DEPTH} levels")
+    return request
 
-    def __init__(self, path: str, dispatch: Handler) -> None:
-        self.dispatch = dispatch
-        # Requests being answered: a stop waits for them so a rotation asked for over the socket
-        # finishes and its caller gets the reply, instead of the process exiting under it.
-        self.busy = 0
-        self.idle = threading.Condition()
-        super().__init__(path, _RequestHandler)
 
-    def tracked_dispatch(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        with self.idle:
-            self.busy += 1
+class _ControlProtocol:
+    def __init__(self, dispatch: Handler, admit: Admit | None) -> None:
+        self._dispatch = dispatch
+        self._admit = admit
+
+    def admit(self, sock: socket.socket) -> object:
+        peer = peer_of(sock)
+        if self._admit is not None:
+            refusal = self._admit(peer)
+            if refusal is not None:
+                raise Refused(_encode(refusal))
+        return peer
+
+    def complete(self, buf: bytearray, new_from: int) -> bool:
+        return buf.find(b"\n", new_from) >= 0
+
+    def answer(self, request: bytes, context: object) -> bytes:
+        assert isinstance(context, Peer)
+        parsed = parse_request(request.split(b"\n", 1)[0])
+        if isinstance(parsed, bytes):
+            return parsed
         try:
-            return self.dispatch(request, peer)
-        finally:
-            with self.idle:
-                self.busy -= 1
-                self.idle.notify_all()
+            return _encode(self._dispatch(parsed, context))
+        except Exception:  # a verb must not raise; if one does, the caller still gets a reply
+            log.exception("control_request_failed", verb=str(parsed.get("verb"))[:64])
+            return _error("internal", "internal error (see the daemon's log)")
+
+    def refusal(self, why: str) -> bytes:
+        return {
+            "too_large": _error("too_large", f"request too large (limit {MAX_REQUEST} bytes)"),
+            "timeout": _error("timeout", "request not complete in time"),
+            "busy": _error("busy", "too many control connections; try again"),
+        }.get(why, _error("internal", "internal error (see the daemon's log)"))
+
+
+class _Server:
+    """The bound, listening socket (binding is its own step, so tests can see the mode bind()
+    gives the socket file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.server_bind()
+            self.socket.listen(BACKLOG)
+        except OSError:
+            self.socket.close()
+            raise
+
+    def server_bind(self) -> None:
+        self.socket.bind(self.path)
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler, group: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        group: str | None = None,
+        *,
+        admit: Admit | None = None,
+        limits: Limits = CONTROL_LIMITS,
+    ) -> None:
         self.path = path
         self._handler = handler
         self._group = group
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._admit = admit
+        self._limits = limits
+        self.listener: Listener | None = None
 
     def _clear_stale(self) -> None:
         try:
@@ -117,7 +199,7 @@ class ControlServer:
         self._clear_stale()
         old = os.umask(0o117)  # the socket is born 0660, never wider
         try:
-            server = _Server(str(self.path), self._handler)
+            server = _Server(str(self.path))
         except OSError as exc:
             raise ControlError(f"{self.path}: cannot bind control socket: {exc.strerror}") from exc
         finally:
@@ -125,29 +207,25 @@ class ControlServer:
         os.chmod(self.path, 0o660)
         if self._group is not None:
             os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="control", daemon=True
-        )
-        self._thread.start()
+        protocol = _ControlProtocol(self._handler, self._admit)
+        self.listener = Listener(server.socket, protocol, self._limits, "control")
+        self.listener.start()
 
     def stop_accepting(self) -> None:
         """Stop taking connections (requests already being answered go on)."""
-        if self._server is not None:
-            self._server.shutdown()
+        if self.listener is not None:
+            self.listener.stop_accepting()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, wait up to ``timeout`` for answers in progress, close."""
-        server = self._server
-        if server is not None:
-            server.shutdown()
-            with server.idle:
-                server.idle.wait_for(lambda: not server.busy, timeout)
-            server.server_close()
+        listener = self.listener
+        if listener is not None:
+            listener.stop_accepting()
+            listener.wait_idle(timeout)
+            listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            self.listener = None
 
 
 def request(path: Path, message: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
@@ -159,13 +237,17 @@ def request(path: Path, message: dict[str, Any], timeout: float = 300.0) -> dict
                 sock.connect(str(path))
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise ControlError(f"no daemon is listening on {path}") from exc
-            sock.sendall((json.dumps(message) + "\n").encode())
+            # A caller refused at accept gets its reply without the daemon reading a byte, and
+            # the daemon may close before this send: the reply is still there to read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall((json.dumps(message) + "\n").encode())
             buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+            with contextlib.suppress(ConnectionResetError):
+                while not buf.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
     except PermissionError as exc:
         raise ControlError(f"{path}: permission denied (are you in the socket's group?)") from exc
     except OSError as exc:

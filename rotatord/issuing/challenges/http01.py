@@ -4,6 +4,10 @@ The standalone listener is shared: every rotation that uses the same ``host:port
 tokens with one server, started on first use and stopped when the last user leaves, so concurrent
 rotations never fight over port 80.
 
+The listener is a ``rotatord.listener.Listener`` (one selector thread, no thread per connection,
+capped connections, a deadline per request; see ``HTTP01_LIMITS``), answering HTTP/1.1 GET and
+HEAD with ``Connection: close``.
+
 Rules: serve only ``/.well-known/acme-challenge/<token>`` for registered tokens; bind only the
 configured address; never leave a token file behind.
 """
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.server
 import os
 import socket
 import threading
@@ -23,53 +26,103 @@ from pathlib import Path
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
 from rotatord.fsutil import atomic_write, ensure_tree
+from rotatord.listener import BACKLOG, Limits, Listener
 
 PREFIX = "/.well-known/acme-challenge/"
 LINGER_SECONDS = 5.0
+# The port faces the internet. A validation is one small GET sent at once (Pebble and Let's
+# Encrypt validate from several vantage points concurrently, three to five connections per
+# challenge), so 256 slots and 10 s are generous for the CA and bound what anyone else can hold:
+# one selector thread, at most 256 descriptors, 8 KiB per connection.
+HTTP01_LIMITS = Limits(
+    max_connections=256, request_deadline=10.0, write_deadline=10.0, max_request=8 * 1024
+)
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_REFUSALS = {"too_large": 431, "timeout": 408, "busy": 503, "error": 500}
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _ChallengeServer
-    protocol_version = "HTTP/1.1"
+def _response(status: int, body: bytes = b"", *, head: bool = False, extra: str = "") -> bytes:
+    """An HTTP/1.1 response that closes the connection (one request per connection keeps the
+    state machine trivial; validators open a connection per attempt anyway)."""
+    lines = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        "Content-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    )
+    return lines.encode() + (b"" if head else body)
 
-    def do_GET(self) -> None:
-        token = self.path[len(PREFIX) :] if self.path.startswith(PREFIX) else None
-        body = self.server.lookup(token) if token else None
+
+class _HttpProtocol:
+    """Just enough HTTP/1.x for validators: GET or HEAD of a token, nothing else."""
+
+    def __init__(self, server: _ChallengeServer) -> None:
+        self._server = server
+
+    def admit(self, sock: socket.socket) -> object:
+        return None
+
+    def complete(self, buf: bytearray, new_from: int) -> bool:
+        return (
+            buf.find(b"\r\n\r\n", max(0, new_from - 3)) >= 0
+            or buf.find(b"\n\n", max(0, new_from - 1)) >= 0
+        )
+
+    def answer(self, request: bytes, context: object) -> bytes:
+        parts = request.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return _response(400)
+        method, target = parts[0], parts[1].decode("ascii", "replace")
+        if method not in (b"GET", b"HEAD"):
+            return _response(405, extra="Allow: GET, HEAD\r\n")
+        token = target[len(PREFIX) :] if target.startswith(PREFIX) else None
+        body = self._server.lookup(token) if token else None
         if body is None:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+            return _response(404, head=method == b"HEAD")
+        return _response(200, body.encode(), head=method == b"HEAD")
 
-    def log_message(self, format: str, *args: object) -> None:
-        """Silence the stdlib's stderr access log; the audit log says what matters."""
+    def refusal(self, why: str) -> bytes:
+        return _response(_REFUSALS[why])
 
 
-class _ChallengeServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _ChallengeServer:
+    """A listening socket on ``host:port`` served by one ``Listener`` thread."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    def __init__(self, host: str, port: int, limits: Limits = HTTP01_LIMITS) -> None:
         self.tokens: dict[str, str] = {}
         self.tokens_lock = threading.Lock()
-        super().__init__((host, port), _Handler)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.listener = Listener(sock, _HttpProtocol(self), limits, f"http01-{port}")
+        self.listener.start()
 
     def lookup(self, token: str) -> str | None:
         with self.tokens_lock:
             return self.tokens.get(token)
 
+    def close(self) -> None:
+        self.listener.close()
+
 
 @dataclass
 class _Entry:
     server: _ChallengeServer
-    thread: threading.Thread
     refs: int = 0
     linger: threading.Timer | None = None
 
@@ -79,12 +132,13 @@ class StandalonePool:
 
     A listener whose last user left lingers for ``linger`` seconds before it closes, so a batch
     of rotations (start-up, ``rotate --all``) binds the port once instead of once per
-    certificate; ``socketserver.shutdown`` alone costs up to one poll interval each time.
+    certificate (binding and closing for each order would also churn the CA's connections).
     """
 
-    def __init__(self, linger: float = LINGER_SECONDS) -> None:
+    def __init__(self, linger: float = LINGER_SECONDS, limits: Limits = HTTP01_LIMITS) -> None:
         self._lock = threading.Lock()
         self._linger = linger
+        self._limits = limits
         self._servers: dict[tuple[str, int], _Entry] = {}
 
     def _acquire(self, spec: Http01Standalone) -> _Entry:
@@ -93,21 +147,14 @@ class StandalonePool:
             entry = self._servers.get(key)
             if entry is None:
                 try:
-                    server = _ChallengeServer(spec.host, spec.port)
+                    server = _ChallengeServer(spec.host, spec.port, self._limits)
                 except OSError as exc:
                     retry = exc.errno in (errno.EADDRINUSE, errno.EACCES)
                     raise IssuanceError(
                         f"cannot listen on {spec.host}:{spec.port} for HTTP-01: {exc.strerror}",
                         retryable=retry,
                     ) from exc
-                thread = threading.Thread(
-                    target=server.serve_forever,
-                    kwargs={"poll_interval": 0.05},
-                    name=f"http01-{spec.port}",
-                    daemon=True,
-                )
-                thread.start()
-                entry = _Entry(server, thread)
+                entry = _Entry(server)
                 self._servers[key] = entry
             if entry.linger is not None:
                 entry.linger.cancel()
@@ -139,9 +186,13 @@ class StandalonePool:
         entry = self._servers.pop(key)
         if entry.linger is not None:
             entry.linger.cancel()
-        entry.server.shutdown()
-        entry.server.server_close()
-        entry.thread.join()
+        entry.server.close()
+
+    def listener_for(self, spec: Http01Standalone) -> Listener | None:
+        """The running listener for ``spec``'s address, if any (its counters, for tests)."""
+        with self._lock:
+            entry = self._servers.get((spec.host, spec.port))
+            return entry.server.listener if entry is not None else None
 
     def close(self) -> None:
         """Close every listener now (daemon shutdown, end of a CLI run)."""
