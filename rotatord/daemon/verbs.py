@@ -6,7 +6,6 @@ Rules: the caller's uid (from SO_PEERCRED) is audited for every request and chec
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +32,9 @@ class Verbs:
         verb = req.get("verb")
         config = self._config()
         allowed = peer.uid in config.daemon.control_allowed_uids
-        with contextlib.suppress(RotatordError):
+        try:
+            # The whole request is recorded (the sink bounds it and puts a fingerprint in place
+            # of anything that looks like key material), for a refused caller too.
             self._loop.audit.emit(
                 "control_request",
                 verb=str(verb),
@@ -41,7 +42,11 @@ class Verbs:
                 uid=peer.uid,
                 pid=peer.pid,
                 allowed=allowed,
+                request=req,
             )
+        except RotatordError as exc:
+            # A request the log cannot record is not carried out (no unaudited control).
+            return {"ok": False, "error": f"cannot audit the request: {exc}", "code": "audit"}
         if not allowed:
             return {"ok": False, "error": f"uid {peer.uid} is not allowed", "code": "forbidden"}
         try:
