@@ -238,6 +238,11 @@ class AuditLog:
                     "restore it, or move the log aside and run `rotatord audit init-seal`"
                 )
             return None
+        if tail.sealed and tail.epoch is not None and tail.epoch > state.epoch:
+            raise AuditError(
+                f"{self.seal_key}: the seal key is at epoch {state.epoch} but the audit log "
+                f"already reached epoch {tail.epoch} (was the key restored from a backup?)"
+            )
         if tail.closes_epoch and tail.epoch == state.epoch:
             # A kill between an epoch's seal record and the key's evolution: finish it now.
             state = evolve_host_key(self.seal_key, state, self._clock.now())
