@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pebble import PebbleServer
 from rotatord.clock import FakeClock
 from rotatord.core.errors import AuditError
 from rotatord.observe.audit import AuditLog
@@ -31,8 +32,11 @@ from rotatord.observe.sealkey import (
     write_verification_key,
 )
 from rotatord.observe.verify import verify_chain, verify_sealed
+from rotatord.runtime import control
+from tests.daemon_harness import DaemonProcess, read_audit, run_cli, service, write_config
 
 Lines = list[bytes]
+PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n"
 EPOCH = 5  # records per epoch in these tests
 EMITS = 24
 
@@ -415,3 +419,32 @@ def test_init_seal_cli(short_tmp: Path) -> None:
     verified = cli("-c", str(cfg), "audit", "verify", "--key", str(out))
     assert verified.returncode == 0, verified.stderr
     assert "no epoch is sealed yet" in verified.stdout
+
+
+@pytest.mark.pebble
+def test_daemon_seals_what_it_writes(pebble_server: PebbleServer, short_tmp: Path) -> None:
+    """A real daemon with sealing started: a rotation over the control socket and a control
+    request with key-like text are recorded, the stop closes the epoch, and ``audit verify
+    --key`` proves every record, with nothing left in an open epoch."""
+    state = short_tmp / "state"
+    cfg = write_config(
+        short_tmp / "r.toml", pebble_server, state, service("web", pebble_server.http_port)
+    )
+    out = short_tmp / "verify.key"
+    assert run_cli(cfg, "audit", "init-seal", "--out", str(out)).returncode == 0
+    daemon = DaemonProcess(cfg, short_tmp)
+    daemon.start()
+    try:
+        rotated = run_cli(cfg, "rotate", "web", "--force")
+        assert rotated.returncode == 0, rotated.stderr
+        reply = control.request(state / "ctl.sock", {"verb": "status", "service": PEM}, 30)
+        assert reply["ok"], reply
+    finally:
+        assert daemon.stop() == 0, daemon.log_tail()
+    records = read_audit(state / "audit.jsonl")
+    assert [r["event"] for r in records[-2:]] == ["daemon_stopped", "audit_sealed"]
+    assert all("mac" in r for r in records)
+    assert any(r["event"] == "control_request" and r.get("redacted") for r in records)
+    assert "PRIVATE KEY" not in (state / "audit.jsonl").read_text()
+    result = verify_sealed(state / "audit.jsonl", *load_verification_key(out))
+    assert result.ok and result.open_records == 0 and result.sealed_through == len(records)
