@@ -140,7 +140,8 @@ def cmd_init_seal(config: Config, out: str) -> int:
         else:
             write_verification_key(Path(out), initial, now)
         try:
-            kid = open_audit(config, clock).start_sealing(initial, uid=os.getuid())
+            # No echo: with ``--out -`` stdout must hold the verification key and nothing else.
+            kid = open_audit(config, clock, echo=False).start_sealing(initial, uid=os.getuid())
         except AuditError:
             if out != "-":  # a key for a sealing run that never started: useless, destroy it
                 with contextlib.suppress(OSError):

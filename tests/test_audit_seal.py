@@ -421,6 +421,25 @@ def test_init_seal_cli(short_tmp: Path) -> None:
     assert "no epoch is sealed yet" in verified.stdout
 
 
+def test_init_seal_to_stdout(short_tmp: Path) -> None:
+    """``init-seal --out -`` prints the verification key and nothing else on stdout (so it can
+    be piped off the host), and that key verifies the log."""
+    cfg = short_tmp / "r.toml"
+    cfg.write_text(
+        f'[daemon]\nstate_dir = "{short_tmp}/state"\naudit_log = "{short_tmp}/audit.jsonl"\n'
+        f'control_socket = "{short_tmp}/ctl.sock"\n'
+        '[acme.ca]\ndirectory = "https://127.0.0.1:9/dir"\n'
+    )
+    result = cli("-c", str(cfg), "audit", "init-seal", "--out", "-")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["kind"] == "rotatord-audit-verification-key"
+    key = short_tmp / "k.json"
+    key.write_text(result.stdout)
+    assert doc["key"] not in result.stderr
+    assert cli("-c", str(cfg), "audit", "verify", "--key", str(key)).returncode == 0
+
+
 @pytest.mark.pebble
 def test_daemon_seals_what_it_writes(pebble_server: PebbleServer, short_tmp: Path) -> None:
     """A real daemon with sealing started: a rotation over the control socket and a control
