@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Callable
@@ -467,3 +468,23 @@ def test_daemon_seals_what_it_writes(pebble_server: PebbleServer, short_tmp: Pat
     assert "PRIVATE KEY" not in (state / "audit.jsonl").read_text()
     result = verify_sealed(state / "audit.jsonl", *load_verification_key(out))
     assert result.ok and result.open_records == 0 and result.sealed_through == len(records)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the key to another user")
+def test_root_starting_and_evolving_keeps_the_key_the_daemon_users(tmp_path: Path) -> None:
+    """Root running init-seal (or a local rotation) for a daemon that runs as another user
+    leaves the host key and its directory owned by the state dir's owner, so the daemon can
+    still read it, and still 0600."""
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    host = host_key_path(state)
+    audit = AuditLog(tmp_path / "audit.jsonl", FakeClock(), echo=False, seal_key=host)
+    audit.start_sealing(new_initial_key())
+    audit.maybe_seal(force=True)  # evolve as root
+    for f in (host, host.parent):
+        st = os.lstat(f)
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), f
+    assert os.lstat(host).st_mode & 0o777 == 0o600
+    assert json.loads(host.read_text())["epoch"] == 1

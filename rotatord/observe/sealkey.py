@@ -107,7 +107,19 @@ def load_host_key(path: Path) -> SealState | None:
     return SealState(epoch, key, kid, when)
 
 
-def _write_host_key(path: Path, state: SealState) -> None:
+def _state_dir_owner(path: Path) -> tuple[int, int]:
+    """When root starts sealing for a daemon that runs as another user, the key must belong
+    to that user (the owner of the state dir), or the daemon could not read it."""
+    try:
+        st = os.stat(path.parent.parent)
+    except OSError:
+        return -1, -1
+    if os.geteuid() != 0 or st.st_uid == 0:
+        return -1, -1
+    return st.st_uid, st.st_gid
+
+
+def _write_host_key(path: Path, state: SealState, owner: tuple[int, int] = (-1, -1)) -> None:
     doc = {
         "kind": HOST_KEY_KIND,
         "v": 1,
@@ -118,13 +130,15 @@ def _write_host_key(path: Path, state: SealState) -> None:
     }
     try:
         ensure_tree(path.parent, 0o700)
+        if owner[0] != -1 and os.lstat(path.parent).st_uid != owner[0]:
+            os.chown(path.parent, *owner, follow_symlinks=False)
         # Only this module writes here, and only under the audit flock: a temp file here is
         # one a kill left behind. Zero it (it holds a key) before it goes.
         for entry in os.listdir(path.parent):
             if entry.startswith(f".{path.name}.tmp-"):
                 zero_file(path.parent, entry)
         remove_temp_files(path.parent)
-        atomic_write(path, (json.dumps(doc) + "\n").encode(), 0o600)
+        atomic_write(path, (json.dumps(doc) + "\n").encode(), 0o600, uid=owner[0], gid=owner[1])
     except (OSError, StoreError) as exc:
         raise AuditError(f"{path}: cannot write seal key: {exc}") from exc
 
@@ -137,10 +151,12 @@ def evolve_host_key(path: Path, state: SealState, now: datetime) -> SealState:
     except OSError as exc:
         raise AuditError(f"{path}: cannot open seal key: {exc.strerror}") from exc
     try:
-        _write_host_key(path, new)
+        st = os.fstat(old_fd)
+        # Root (a `rotate --local` run) evolving the daemon user's key keeps it that user's.
+        owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else (-1, -1)
+        _write_host_key(path, new, owner)
         # The old key's inode has no name now; overwrite its bytes so the disk forgets them.
-        size = os.fstat(old_fd).st_size
-        os.pwrite(old_fd, b"\0" * size, 0)
+        os.pwrite(old_fd, b"\0" * st.st_size, 0)
         os.fsync(old_fd)
     except OSError as exc:
         raise AuditError(f"{path}: cannot destroy the previous seal key: {exc.strerror}") from exc
@@ -157,7 +173,7 @@ def create_host_key(path: Path, initial: bytes, now: datetime) -> SealState:
             "new key, move it aside first"
         )
     state = SealState(0, initial, key_id(initial), now)
-    _write_host_key(path, state)
+    _write_host_key(path, state, _state_dir_owner(path))
     return state
 
 
