@@ -8,10 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rotatord.clock import FakeClock
 from rotatord.config import load_config
@@ -210,3 +213,35 @@ def test_control_request_with_key_like_text_is_recorded(
     text = (state / "audit.jsonl").read_text()
     assert "PRIVATE KEY" not in text and "B" * 43 not in text
     assert verify_chain(state / "audit.jsonl").ok
+
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=50)
+    | st.integers(5000, 10**6).map(lambda n: "z" * n)  # long without costing entropy
+    | st.integers(0, 3000).map(lambda n: ["w" * 200] * n)  # wide
+    | st.binary(max_size=20)
+    | st.sampled_from([PEM, JWK])
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(fields=st.dictionaries(st.text(max_size=30), _VALUES, max_size=12))
+def test_any_fields_make_one_bounded_verifiable_record(fields: dict[str, Any]) -> None:
+    """Whatever fields a caller passes, emit writes exactly one record, under MAX_RECORD, that
+    re-verifies byte for byte and holds no key text."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.jsonl"
+        AuditLog(path, FakeClock(), echo=False).emit("alarm", **fields)
+        data = path.read_bytes()
+        assert data.count(b"\n") == 1 and len(data) < MAX_RECORD
+        assert b"PRIVATE KEY" not in data and b"B" * 43 not in data
+        assert verify_chain(path).ok

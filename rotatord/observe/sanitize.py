@@ -112,7 +112,10 @@ def sanitize(fields: Mapping[str, Any]) -> dict[str, Any]:
     writer owns (``ts``, ``prev``, ...) is kept under ``<name>_field``."""
     bounder = _Bounder()
     out: dict[str, Any] = {}
-    for k, v in fields.items():
+    for i, (k, v) in enumerate(fields.items()):
+        if i >= MAX_ITEMS:
+            out["…"] = f"[{len(fields) - i} more fields]"
+            break
         name = bounder.text(str(k), "<key>")
         if name in RESERVED:
             name += "_field"
