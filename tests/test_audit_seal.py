@@ -488,3 +488,27 @@ def test_root_starting_and_evolving_keeps_the_key_the_daemon_users(tmp_path: Pat
         assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), f
     assert os.lstat(host).st_mode & 0o777 == 0o600
     assert json.loads(host.read_text())["epoch"] == 1
+
+
+@pytest.mark.parametrize("kind", ["symlink", "group-readable", "hard-linked", "naive-time"])
+def test_a_suspect_host_key_is_refused(tmp_path: Path, kind: str) -> None:
+    """A host key that is a symlink, readable by group, hard-linked elsewhere or malformed is
+    refused with an audit error naming it; nothing is appended with it."""
+    path, _vkey, host, clock = sealed_log(tmp_path, emits=1)
+    before = path.read_bytes()
+    if kind == "symlink":
+        real = tmp_path / "elsewhere.key"
+        os.rename(host, real)
+        host.symlink_to(real)
+    elif kind == "group-readable":
+        host.chmod(0o640)
+    elif kind == "hard-linked":
+        os.link(host, tmp_path / "copy.key")
+    else:
+        doc = json.loads(host.read_text())
+        doc["opened"] = "2026-01-01T00:00:00"
+        host.write_text(json.dumps(doc))
+    audit = AuditLog(path, clock, echo=False, seal_key=host)
+    with pytest.raises(AuditError, match=str(host)):
+        audit.emit("rotation_started", service="web")
+    assert path.read_bytes() == before

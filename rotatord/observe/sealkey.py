@@ -102,6 +102,8 @@ def load_host_key(path: Path) -> SealState | None:
         when = datetime.fromisoformat(str(opened))
     except ValueError as exc:
         raise AuditError(f"{path}: malformed seal key file") from exc
+    if when.tzinfo is None:
+        raise AuditError(f"{path}: malformed seal key file (opened has no time zone)")
     key = doc["key"]
     assert isinstance(key, bytes)
     return SealState(epoch, key, kid, when)
