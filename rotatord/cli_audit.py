@@ -67,6 +67,11 @@ def _span(first: int, last: int) -> str:
 
 def _report_sealed(path: Path, kid: str, res: SealResult) -> None:
     print(f"{path}: OK, {res.records} records, seals checked with key id {kid}")
+    if not res.has_start:
+        print(
+            f"  this file begins at epoch {res.first_epoch}, not at the start of sealing: the "
+            "records before are in another file (log rotation), or were removed"
+        )
     if res.before_sealing:
         print(
             f"  {_span(1, res.before_sealing)}: written before sealing with this key began; "

@@ -373,6 +373,9 @@ def test_restarted_sealing_and_a_moved_aside_log(tmp_path: Path) -> None:
         audit.emit("rotation_started", service="web")
     fresh = verify_sealed(path, *load_verification_key(tmp_path / "second.key"))
     assert fresh.ok and fresh.records == 3 and fresh.before_sealing == 0, fresh
+    assert not fresh.has_start and fresh.first_epoch == 0
+    said = cli("audit", "verify", "--key", str(tmp_path / "second.key"), str(path))
+    assert said.returncode == 0 and "not at the start of sealing" in said.stdout, said
 
 
 def test_concurrent_sealed_writers_keep_one_sealed_chain(tmp_path: Path) -> None:

@@ -112,6 +112,8 @@ class SealResult:
     epochs: int = 0  # closed epochs
     last_seal_ts: str | None = None
     open_records: int = 0  # records after the last seal: their epoch's key is still on the host
+    first_epoch: int = 0  # the epoch of the first sealed record
+    has_start: bool = True  # the log holds this key's audit_seal_started record
 
 
 def _start_line(path: Path, kid: str) -> int | None:
@@ -175,7 +177,7 @@ def verify_sealed(path: Path, initial_key: bytes, kid: str) -> SealResult:
     """
     start = _start_line(path, kid)
     sealed: _Sealed | None = None
-    n = before = 0
+    n = before = first_epoch = 0
     try:
         for n, record in _chained(path):
             first = False
@@ -188,7 +190,7 @@ def verify_sealed(path: Path, initial_key: bytes, kid: str) -> SealResult:
                     raise _Line(n, f"sealed record has a bad epoch ({epoch!r})")
                 if record.get("seq") != 0:
                     raise _Line(n, f"sealed records begin inside epoch {epoch}: records missing")
-                sealed, first = _Sealed(initial_key, epoch), True
+                sealed, first, first_epoch = _Sealed(initial_key, epoch), True, epoch
             sealed.check(n, record, first, kid)
     except _Line as bad:
         return SealResult(False, bad.line - 1, bad.line, bad.reason, before)
@@ -202,4 +204,6 @@ def verify_sealed(path: Path, initial_key: bytes, kid: str) -> SealResult:
         epochs=sealed.epochs,
         last_seal_ts=sealed.last_seal_ts,
         open_records=n - max(sealed.sealed_through, before),
+        first_epoch=first_epoch,
+        has_start=start is not None,
     )
