@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rotatord import cli_audit
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
 from rotatord.core import policy
@@ -22,7 +23,6 @@ from rotatord.core.errors import ConfigError, ControlError, RotatordError
 from rotatord.core.model import Config, Trigger
 from rotatord.daemon import Daemon, DaemonLock, build_rotator
 from rotatord.deploy.pathcheck import check_paths
-from rotatord.observe.audit import verify_chain
 from rotatord.observe.logging import configure_logging
 from rotatord.rotation import read_installed, recover_service, recover_state, service_status
 from rotatord.runtime import control
@@ -73,10 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("services", nargs="*", metavar="SERVICE")
     sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     sub.add_parser("reload", help="ask the running daemon to re-read its config")
-    a = sub.add_parser("audit", help="audit log tools")
-    a_sub = a.add_subparsers(dest="audit_command", required=True)
-    v = a_sub.add_parser("verify", help="check the audit log's hash chain")
-    v.add_argument("file", nargs="?", type=Path, help="audit file (default: from config)")
+    cli_audit.add_parsers(sub)
     return p
 
 
@@ -317,25 +314,12 @@ def cmd_reload(config: Config) -> int:
     return EXIT_USAGE if reply.get("problems") else EXIT_FAILED
 
 
-def cmd_audit_verify(path: Path) -> int:
-    try:
-        result = verify_chain(path)
-    except OSError as exc:
-        print(f"audit verify: {path}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    if result.ok:
-        print(f"{path}: OK, {result.records} records, hash chain intact")
-        return EXIT_OK
-    print(f"{path}:{result.first_bad_line}: {result.reason}", file=sys.stderr)
-    return EXIT_FAILED
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return Daemon(args.config).run()
-    if args.command == "audit" and args.file is not None:
-        return cmd_audit_verify(args.file)
+    if args.command == "audit" and args.audit_command == "verify" and args.file is not None:
+        return cli_audit.cmd_verify(args.file, args.key)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -357,8 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_revoke(config, args)
         if args.command == "recover":
             return cmd_recover(config, args)
+        if args.command == "audit" and args.audit_command == "init-seal":
+            return cli_audit.cmd_init_seal(config, args.out)
         if args.command == "audit":
-            return cmd_audit_verify(config.daemon.audit_log)
+            return cli_audit.cmd_verify(config.daemon.audit_log, args.key)
     except ControlError as exc:
         print(f"rotatord: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

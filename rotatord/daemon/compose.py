@@ -16,7 +16,7 @@ from rotatord.deploy.reload import SubprocessReloader
 from rotatord.issuing import Issuer
 from rotatord.issuing.acme_issuer import AcmeIssuer, account_dir
 from rotatord.issuing.challenges.http01 import Http01Responder
-from rotatord.observe.audit import AuditLog, AuditSink
+from rotatord.observe.audit import AuditSink, open_audit
 from rotatord.rotation import Rotator
 
 
@@ -71,7 +71,7 @@ def build_rotator(
     return Rotator(
         config,
         clock=clk,
-        audit=audit or AuditLog(config.daemon.audit_log, clk),
+        audit=audit or open_audit(config, clk),
         issuer_for=cache,
         reloader=SubprocessReloader(),
         prober=TlsProber(clk),

@@ -26,7 +26,7 @@ from rotatord.daemon.lifecycle import DaemonLock, install_signals, restore_signa
 from rotatord.daemon.loop import ServiceLoop
 from rotatord.daemon.planner import Planner
 from rotatord.daemon.verbs import Verbs
-from rotatord.observe.audit import AuditLog
+from rotatord.observe.audit import AuditLog, open_audit
 from rotatord.observe.logging import configure_logging, get_logger
 from rotatord.rotation import Rotator, recover_service, recover_state
 from rotatord.runtime.confwatch import ConfigWatcher
@@ -99,7 +99,7 @@ class Daemon:
 
     def _serve(self) -> int:
         cfg = self.config
-        self.audit = AuditLog(cfg.daemon.audit_log, self.clock)
+        self.audit = open_audit(cfg, self.clock)
         self.issuers = IssuerCache(cfg, self.clock)
         self.rotator = build_rotator(cfg, self.clock, audit=self.audit, issuers=self.issuers)
         try:
@@ -162,6 +162,8 @@ class Daemon:
             restore_signals(previous)
             with contextlib.suppress(RotatordError):
                 self.audit.emit("daemon_stopped", pid=os.getpid())
+                # Close the epoch: every record up to the stop becomes provable with the key.
+                self.audit.maybe_seal(force=True)
         return 0
 
     def _drain(self) -> None:
@@ -182,6 +184,10 @@ class Daemon:
                     while os.read(self._wake_r, 4096):
                         pass
             self.notifier.watchdog()
+            try:
+                self.audit.maybe_seal()  # an idle daemon still closes its epoch on time
+            except AuditError as exc:
+                log.error("audit_seal_failed", error=str(exc))
             if self._reload_requested and not self._stop:
                 self._reload_requested = False
                 try:

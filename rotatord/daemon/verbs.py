@@ -64,7 +64,9 @@ class Verbs:
         verb = req.get("verb")
         config = self._config()
         allowed = peer.uid in config.daemon.control_allowed_uids
-        with contextlib.suppress(RotatordError):
+        try:
+            # The whole request is recorded (the sink bounds it and puts a fingerprint in place
+            # of anything that looks like key material), for a refused caller too.
             self._loop.audit.emit(
                 "control_request",
                 verb=str(verb),
@@ -72,7 +74,11 @@ class Verbs:
                 uid=peer.uid,
                 pid=peer.pid,
                 allowed=allowed,
+                request=req,
             )
+        except RotatordError as exc:
+            # A request the log cannot record is not carried out (no unaudited control).
+            return {"ok": False, "error": f"cannot audit the request: {exc}", "code": "audit"}
         if not allowed:
             return _forbidden(peer)
         try:
