@@ -89,6 +89,9 @@ MAX_CONCURRENT: Final = 64
 MAX_DOMAINS: Final = 100  # Let's Encrypt's limit on names per certificate
 MAX_UID: Final = 2**32 - 2  # uid_t is 32 bits and (uid_t)-1 means "no change"
 SUN_PATH_MAX: Final = 107  # AF_UNIX paths: 108 bytes including the terminating NUL
+# A config for 10,000 services (bench/idle.py) is about 1.3 MB; 8 MiB leaves room for ~60,000
+# while keeping a stray multi-gigabyte file (or /dev/zero) from being read into memory.
+MAX_CONFIG_BYTES: Final = 8 << 20
 
 _LOG_FORMATS: Final = ("auto", "json", "console")
 _LOCAL_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -164,10 +167,16 @@ def load_config(path: Path) -> Config:
     """
     file = str(path)
     try:
-        raw = path.read_bytes()
+        # Read at most one byte past the cap: a huge (or endless, e.g. /dev/zero) file is
+        # refused without being held in memory.
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError([Problem(file, "", f"cannot read config file: {reason}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        message = f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB; refusing to read it"
+        raise ConfigError([Problem(file, "", message)])
     try:
         # utf-8-sig: a byte-order mark (some Windows editors add one) is not a TOML error.
         text = raw.decode("utf-8-sig")
