@@ -125,6 +125,9 @@ _ACME_KEYS: Final = (
     "order_deadline",
     "eab",
     "budget",
+    "trust_roots",
+    "trust_roots_url",
+    "allowed_hosts",
 )
 _BUDGET_KEYS: Final = ("orders", "orders_window", "certificates", "certificates_window")
 # Below this the "floor" between orders is no floor: a broken CA would be asked every second.
@@ -670,6 +673,22 @@ def _acme(ctx: _Ctx, name: str, raw: object, path: str) -> AcmeSpec | None:
     if ca_bundle is not None:
         _existing_file(ctx, _join(path, "ca_bundle"), ca_bundle)
 
+    trust_roots = _path(ctx, table, "trust_roots", path)
+    if trust_roots is not None:
+        _existing_file(ctx, _join(path, "trust_roots"), trust_roots)
+    trust_roots_url = _string(ctx, table, "trust_roots_url", path)
+    if trust_roots_url is not None:
+        problem = _trust_url_problem(trust_roots_url)
+        if problem is not None:
+            ctx.add(_join(path, "trust_roots_url"), problem)
+    allowed_hosts: list[str] = []
+    if "allowed_hosts" in table:
+        where = _join(path, "allowed_hosts")
+        allowed_hosts = _string_list(ctx, table["allowed_hosts"], where, "host names") or []
+        for index, host in enumerate(allowed_hosts):
+            if not _HOST_RE.fullmatch(host):
+                ctx.add(_item(where, index), f"expected a bare host name, got {_show(host)}")
+
     timeout = _seconds(ctx, table, "timeout", path, MAX_TIMEOUT_SECONDS)
     deadline = _seconds(ctx, table, "order_deadline", path, MAX_ORDER_DEADLINE_SECONDS)
     eab = _eab(ctx, table["eab"], _join(path, "eab")) if "eab" in table else None
@@ -686,7 +705,27 @@ def _acme(ctx: _Ctx, name: str, raw: object, path: str) -> AcmeSpec | None:
         spec = dataclasses.replace(spec, order_deadline_seconds=deadline)
     if budget is not None:
         spec = dataclasses.replace(spec, budget=budget)
-    return spec
+    return dataclasses.replace(
+        spec,
+        trust_roots=trust_roots,
+        trust_roots_url=trust_roots_url,
+        allowed_hosts=tuple(h.lower() for h in allowed_hosts),
+    )
+
+
+# Host names and IP literals as they appear in URLs (no scheme, port or path).
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+
+
+def _trust_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot serve trust anchors, or None: https only, like the directory but with
+    no plain-http exception (roots fetched in the clear could be swapped by anyone)."""
+    problem = _directory_problem(url)
+    if problem is not None:
+        return problem.replace("directory URL", "trust_roots_url")
+    if not url.lower().startswith("https://"):
+        return f"trust_roots_url must be an https:// URL, got {_show(url)}"
+    return None
 
 
 def _budget(ctx: _Ctx, raw: object, path: str) -> BudgetLimits | None:
