@@ -31,6 +31,7 @@ def write_config(
     daemon_extra: str = "",
     *,
     ca_bundle: Path | None = None,
+    acme_extra: str = "",
 ) -> Path:
     """Write a config for ``pebble`` (or a directory URL) with ``services`` appended; atomically,
     because a daemon may be watching the file."""
@@ -53,6 +54,7 @@ control_socket = "{state}/ctl.sock"
 directory = "{directory}"
 ca_bundle = "{bundle}"
 {trust}
+{acme_extra}
 
 [acme.pebble.budget]
 orders = 1000000

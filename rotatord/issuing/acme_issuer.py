@@ -87,6 +87,7 @@ class AcmeIssuer:
         # is used by one thread at a time, because acme's nonce set is not thread-safe.
         self._idle: list[_Network] = []
         self._directory_failed_at: float | None = None
+        self._directory_error = ""
         self._trust = TrustAnchors(spec, clock)
         self._url_policy = UrlPolicy(spec.directory, spec.allowed_hosts)
 
@@ -143,7 +144,9 @@ class AcmeIssuer:
                 failed_at = self._directory_failed_at
         if failed_at is not None and self._clock.monotonic() - failed_at < DIRECTORY_RETRY_S:
             raise IssuanceError(
-                f"directory {self.spec.directory} was unreachable moments ago", retryable=True
+                f"directory {self.spec.directory} was unreachable moments ago "
+                f"({self._directory_error})",
+                retryable=True,
             )
 
     def _client(self, net: _Network) -> ClientV2:
@@ -155,9 +158,11 @@ class AcmeIssuer:
             try:
                 directory = ClientV2.get_directory(self.spec.directory, net)
             except Exception as exc:
+                error = translate(exc, net, f"fetching directory {self.spec.directory}")
                 with self._lock:
                     self._directory_failed_at = self._clock.monotonic()
-                raise translate(exc, net, f"fetching directory {self.spec.directory}") from exc
+                    self._directory_error = str(error).split(": ", 1)[-1]
+                raise error from exc
             with self._lock:
                 self._directory = directory
                 self._directory_failed_at = None

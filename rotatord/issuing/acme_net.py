@@ -238,6 +238,8 @@ def read_bounded(
         _set_read_timeout(raw, left)
         try:
             chunk = raw.read1(_READ_CHUNK)
+        except (TimeoutError, urllib3.exceptions.ReadTimeoutError):
+            continue  # the read waited what was left: the check above reports the deadline
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise IssuanceError(
                 f"{what}: reading the answer failed: {exc}", retryable=True
