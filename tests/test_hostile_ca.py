@@ -23,7 +23,7 @@ import pytest
 from pebble import PebbleServer, pebble_available
 from pebble.hostile_front import HostileFront, Mode
 from rotatord.core.text import MAX_ERROR_CHARS
-from tests.daemon_harness import events, read_audit, service, write_config
+from tests.daemon_harness import DaemonProcess, events, read_audit, service, write_config
 
 TIMEOUT_S = 4
 ORDER_DEADLINE_S = 8
@@ -148,3 +148,65 @@ def test_a_hostile_answer_is_refused_and_the_next_rotation_works(
     good = run_measured(config, short_tmp, "rotate", "web", "--force")
     assert good.returncode == 0, good.stderr
     assert current_target(state) != old
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _reset_peak(pid: int) -> None:
+    """Make VmHWM start again from the current RSS (Linux: clear_refs "5")."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def test_the_daemon_refuses_faults_stays_small_and_recovers(
+    front: HostileFront,
+    pebble_server: PebbleServer,
+    short_tmp: Path,
+    daemons: list[DaemonProcess],
+) -> None:
+    """In the long-running daemon: a cached directory pointing newOrder off-host is refused and
+    not kept, a 200 MB body leaves the daemon's peak RSS within 20 MB, and once the front heals
+    the next rotation through the same daemon works."""
+    state = short_tmp / "state"
+    config = write_config(
+        short_tmp / "r.toml",
+        front.directory_url,
+        state,
+        service("web", pebble_server.http_port),
+        ca_bundle=front.ca_bundle,
+        acme_extra=f"timeout = {TIMEOUT_S}\norder_deadline = {ORDER_DEADLINE_S}",
+    )
+    assert run_measured(config, short_tmp, "rotate", "web").returncode == 0
+    old = current_target(state)
+    front.mode = "off_host_url"
+    daemon = DaemonProcess(config, short_tmp)
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+
+    refused = run_measured(config, short_tmp, "rotate", "web", "--force")
+    assert refused.returncode == 1, refused.stdout
+    assert (
+        "must be https://"
+        in events(read_audit(state / "audit.jsonl"), "rotation_failed")[-1]["error"]
+    )
+    front.mode = "huge_body"
+    before = _status_kb(pid, "VmRSS")
+    _reset_peak(pid)
+    flooded = run_measured(config, short_tmp, "rotate", "web", "--force")
+    assert flooded.returncode == 1, flooded.stdout
+    growth = _status_kb(pid, "VmHWM") - before
+    assert growth < MAX_GROWTH_KB, f"daemon peak RSS grew by {growth} kB"
+    assert current_target(state) == old
+    print(f"daemon: 200 MB body refused in {flooded.seconds:.2f} s, peak RSS +{growth} kB")
+
+    front.mode = "pass"
+    healed = run_measured(config, short_tmp, "rotate", "web", "--force")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert current_target(state) != old
+    assert daemon.stop() == 0
