@@ -171,11 +171,14 @@ class _Network(ClientNetwork):
         response = self.session.request(method, url, *args, **kwargs)
         try:
             body = read_bounded(response, f"{method} {quote(url, 120)}", ends, self.clock)
-        finally:
-            response.close()
-        # Pre-load the body the way requests itself does once it has read it.
+        except BaseException:
+            response.close()  # body not consumed: the connection is dropped, not reused
+            raise
+        # Pre-load the body the way requests itself does once it has read it; then close()
+        # hands the connection back to the pool for the next request.
         response._content = body
         response._content_consumed = True  # type: ignore[attr-defined]
+        response.close()
         if "Accept" not in headers:
             response.encoding = "utf-8"
         return response
