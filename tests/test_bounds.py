@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -17,7 +20,7 @@ from rotatord.core import keys
 from rotatord.core.errors import ConfigError, IssuanceError
 from rotatord.core.model import AcmeSpec, KeyType
 from rotatord.core.text import MAX_ERROR_CHARS, clip, quote
-from rotatord.issuing.acme_net import UrlPolicy
+from rotatord.issuing.acme_net import UrlPolicy, read_bounded
 from rotatord.issuing.trust import TrustAnchors, parse_chain
 from rotatord.rotation.failure import error_fields
 
@@ -165,3 +168,41 @@ def test_garbage_pem_is_a_clear_issuance_error() -> None:
     with pytest.raises(IssuanceError, match="not a PEM certificate chain") as info:
         parse_chain(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n" * 1000)
     assert len(str(info.value)) < 400
+
+
+# --------------------------------------------------------------------------- bounded bodies
+
+
+def _response(body: bytes, headers: dict[str, str]) -> requests.Response:
+    response = requests.Response()
+    response.status_code = 200
+    response.headers.update(headers)
+    response.raw = urllib3.HTTPResponse(
+        body=io.BytesIO(body), headers=headers, preload_content=False
+    )
+    return response
+
+
+def test_a_body_past_the_cap_is_refused_while_streaming() -> None:
+    """Without a Content-Length the body is read in pieces and refused once past the cap."""
+    clock = FakeClock()
+    with pytest.raises(IssuanceError, match="exceeds 1000 bytes; refused"):
+        read_bounded(_response(b"x" * 5000, {}), "GET x", 10.0, clock, cap=1000)
+    assert read_bounded(_response(b"ok", {}), "GET x", 10.0, clock, cap=1000) == b"ok"
+
+
+def test_a_declared_oversize_or_compressed_body_is_refused_unread() -> None:
+    """A Content-Length past the cap, or any Content-Encoding, is refused before reading."""
+    clock = FakeClock()
+    with pytest.raises(IssuanceError, match="answer of 5000 bytes exceeds"):
+        read_bounded(_response(b"", {"Content-Length": "5000"}), "GET x", 10.0, clock, cap=1000)
+    with pytest.raises(IssuanceError, match="gzip"):
+        read_bounded(_response(b"", {"Content-Encoding": "gzip"}), "GET x", 10.0, clock)
+
+
+def test_a_body_past_its_deadline_is_refused() -> None:
+    """Once the monotonic deadline has passed, the read stops with a deadline error."""
+    clock = FakeClock()
+    clock.advance(timedelta(seconds=11))
+    with pytest.raises(IssuanceError, match="did not arrive before the deadline"):
+        read_bounded(_response(b"slow", {}), "GET x", 10.0, clock)
