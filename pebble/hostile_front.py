@@ -12,6 +12,7 @@ requests validate). :attr:`HostileFront.mode` picks one fault at a time:
 - ``"huge_body"``: the real chain followed by 200 MB of junk, with no Content-Length (the body
   ends when the connection does), streamed in 1 MiB pieces until the client hangs up;
 - ``"trickle"``: the real chain at 1 byte per second;
+- ``"trickle_headers"``: the status line and headers of that answer at 1 byte per second;
 - ``"huge_url"``: the directory's ``newOrder`` is an 8 MiB URL;
 - ``"off_host_url"``: the directory's ``newOrder`` is ``http://`` on another host;
 - ``"garbage_pem"``: the certificate download is PEM armour around junk.
@@ -52,6 +53,7 @@ Mode = Literal[
     "foreign_leaf_with_ca",
     "huge_body",
     "trickle",
+    "trickle_headers",
     "huge_url",
     "off_host_url",
     "garbage_pem",
@@ -253,6 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif mode == "trickle":
                 self._trickle(status, out, data)
                 return
+            elif mode == "trickle_headers":
+                self._trickle_headers(status, out, data)
+                return
         self._send(status, out, data)
 
     def _head(self, status: int, headers: list[tuple[str, str]]) -> None:
@@ -294,6 +299,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if stop.wait(1.0):
                 return
+
+    def _trickle_headers(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+        """The status line and headers at 1 byte per second, then the body."""
+        lines = [f"HTTP/1.1 {status} OK", *(f"{n}: {v}" for n, v in headers)]
+        head = ("\r\n".join([*lines, f"Content-Length: {len(data)}"]) + "\r\n\r\n").encode()
+        stop = self.server.front._stop
+        for i in range(len(head)):
+            self.wfile.write(head[i : i + 1])
+            if stop.wait(1.0):
+                return
+        self.wfile.write(data)
 
 
 class HostileFront(StartStop):

@@ -8,16 +8,19 @@ Every exchange is bounded here, the one place all of acme's requests pass throug
 and the whole exchange, body included, ends by its deadline (the account's ``timeout``, or what
 is left of the order's ``order_deadline`` when sooner). requests' own ``timeout`` bounds only
 each socket read, so a 1 byte/s trickle would stretch it without end; here the deadline is
-checked after every read and each read waits at most what is left. What this does not bound:
-a trickle of the status line and headers (http.client reads those before we get control; it
-caps them at 100 lines of 64 KiB each, so this is slow, not unbounded).
+checked after every read and each read waits at most what is left. The status line and
+headers are read by http.client before we get control, so a watchdog shuts the connection down
+if they have not all arrived by the deadline (:class:`_WatchedHTTPSConnection`).
 
 Rules: no acme/josepy object leaves ``issuing/``; datetimes that come out are aware UTC.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -141,6 +144,54 @@ def _parse_retry_after(value: str | None, now: datetime) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+# The deadline of the exchange this thread is sending (set around session.request).
+_exchange = threading.local()
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket.shutdown, not SSLSocket.shutdown: wake the reader, keep the TLS state intact.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedMixin:
+    """A urllib3 connection whose wait for the status line and headers ends at the exchange's
+    deadline: a CA trickling its headers byte by byte would otherwise reset the read timeout
+    with every byte."""
+
+    sock: socket.socket | None
+
+    def getresponse(self) -> urllib3.response.HTTPResponse:
+        ends: float | None = getattr(_exchange, "ends", None)
+        clock: Clock | None = getattr(_exchange, "clock", None)
+        timer = None
+        if ends is not None and clock is not None and self.sock is not None:
+            timer = threading.Timer(max(ends - clock.monotonic(), 0.0), _shut, (self.sock,))
+            timer.daemon = True
+            timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc, no-any-return]
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+class _WatchedHTTPSConnection(_WatchedMixin, urllib3.connection.HTTPSConnection):  # type: ignore[misc]
+    pass
+
+
+class _WatchedHTTPConnection(_WatchedMixin, urllib3.connection.HTTPConnection):  # type: ignore[misc]
+    pass
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
 class _Network(ClientNetwork):
     """ClientNetwork that keeps what acme 5.9 throws away on errors, and retries badNonce."""
 
@@ -152,6 +203,9 @@ class _Network(ClientNetwork):
         self.last_status: int | None = None
         #: Monotonic time by which the current order must be over (None outside an order).
         self.deadline: float | None = None
+        for adapter in self.session.adapters.values():
+            pools = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+            adapter.poolmanager.pool_classes_by_scheme = pools  # type: ignore[attr-defined]
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         """One bounded exchange (see the module docstring); the body is read before returning."""
@@ -168,9 +222,20 @@ class _Network(ClientNetwork):
         # No compression: a small compressed body can inflate past any cap (a "zip bomb").
         headers["Accept-Encoding"] = "identity"
         kwargs.update(verify=self.verify_ssl, timeout=remaining, stream=True, allow_redirects=False)
-        response = self.session.request(method, url, *args, **kwargs)
+        what = f"{method} {quote(url, 120)}"
+        _exchange.ends, _exchange.clock = ends, self.clock
         try:
-            body = read_bounded(response, f"{method} {quote(url, 120)}", ends, self.clock)
+            response = self.session.request(method, url, *args, **kwargs)
+        except requests.RequestException as exc:
+            if self.clock.monotonic() >= ends - 0.05:
+                raise IssuanceError(
+                    f"{what}: the CA did not answer before the deadline; refused", retryable=True
+                ) from exc
+            raise
+        finally:
+            _exchange.ends = _exchange.clock = None
+        try:
+            body = read_bounded(response, what, ends, self.clock)
         except BaseException:
             response.close()  # body not consumed: the connection is dropped, not reused
             raise
