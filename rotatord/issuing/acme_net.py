@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -192,6 +192,23 @@ class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
 
+def watch(session: requests.Session) -> None:
+    """Make ``session``'s connections honour :func:`exchange_deadline` while reading headers."""
+    for adapter in session.adapters.values():
+        pools = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        adapter.poolmanager.pool_classes_by_scheme = pools  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def exchange_deadline(ends: float, clock: Clock) -> Iterator[None]:
+    """Requests this thread sends on a :func:`watch`-ed session get their headers by ``ends``."""
+    _exchange.ends, _exchange.clock = ends, clock
+    try:
+        yield
+    finally:
+        _exchange.ends = _exchange.clock = None
+
+
 class _Network(ClientNetwork):
     """ClientNetwork that keeps what acme 5.9 throws away on errors, and retries badNonce."""
 
@@ -203,9 +220,7 @@ class _Network(ClientNetwork):
         self.last_status: int | None = None
         #: Monotonic time by which the current order must be over (None outside an order).
         self.deadline: float | None = None
-        for adapter in self.session.adapters.values():
-            pools = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-            adapter.poolmanager.pool_classes_by_scheme = pools  # type: ignore[attr-defined]
+        watch(self.session)
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         """One bounded exchange (see the module docstring); the body is read before returning."""
@@ -223,17 +238,15 @@ class _Network(ClientNetwork):
         headers["Accept-Encoding"] = "identity"
         kwargs.update(verify=self.verify_ssl, timeout=remaining, stream=True, allow_redirects=False)
         what = f"{method} {quote(url, 120)}"
-        _exchange.ends, _exchange.clock = ends, self.clock
         try:
-            response = self.session.request(method, url, *args, **kwargs)
+            with exchange_deadline(ends, self.clock):
+                response = self.session.request(method, url, *args, **kwargs)
         except requests.RequestException as exc:
             if self.clock.monotonic() >= ends - 0.05:
                 raise IssuanceError(
                     f"{what}: the CA did not answer before the deadline; refused", retryable=True
                 ) from exc
             raise
-        finally:
-            _exchange.ends = _exchange.clock = None
         try:
             body = read_bounded(response, what, ends, self.clock)
         except BaseException:

@@ -33,7 +33,7 @@ from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec
 from rotatord.core.text import quote
-from rotatord.issuing.acme_net import read_bounded
+from rotatord.issuing.acme_net import exchange_deadline, read_bounded, watch
 from rotatord.observe.logging import get_logger
 
 log = get_logger("rotatord.issuing")
@@ -181,17 +181,22 @@ class TrustAnchors:
         ends = self._clock.monotonic() + self._spec.timeout_seconds
         what = f"fetching trust roots from {quote(url, 120)}"
         try:
-            with requests.get(
-                url,
-                verify=verify,
-                timeout=self._spec.timeout_seconds,
-                stream=True,
-                allow_redirects=False,
-                headers={"Accept-Encoding": "identity"},
-            ) as response:
-                body = read_bounded(response, what, ends, self._clock, MAX_ROOTS_BYTES)
-                if response.status_code != 200:
-                    raise IssuanceError(f"{what}: HTTP {response.status_code}", retryable=True)
+            with requests.Session() as session:
+                watch(session)  # headers, too, must arrive by the deadline
+                with (
+                    exchange_deadline(ends, self._clock),
+                    session.get(
+                        url,
+                        verify=verify,
+                        timeout=self._spec.timeout_seconds,
+                        stream=True,
+                        allow_redirects=False,
+                        headers={"Accept-Encoding": "identity"},
+                    ) as response,
+                ):
+                    body = read_bounded(response, what, ends, self._clock, MAX_ROOTS_BYTES)
+                    if response.status_code != 200:
+                        raise IssuanceError(f"{what}: HTTP {response.status_code}", retryable=True)
             roots = x509.load_pem_x509_certificates(body)
         except requests.RequestException as exc:
             raise IssuanceError(f"{what}: {exc}", retryable=True) from exc
