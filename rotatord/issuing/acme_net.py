@@ -244,7 +244,7 @@ class _Network(ClientNetwork):
         except requests.RequestException as exc:
             if self.clock.monotonic() >= ends - 0.05:
                 raise IssuanceError(
-                    f"{what}: the CA did not answer before the deadline; refused", retryable=True
+                    f"{what}: cannot reach the CA: no answer before the deadline", retryable=True
                 ) from exc
             raise
         try:
