@@ -249,13 +249,21 @@ def rotatord_config(
     workdir: Path, directory_url: str, ca_bundle: Path, http_port: int, services: Sequence[str]
 ) -> dict[str, Any]:
     """The TOML-shaped config: one Pebble account, one single-name service per entry."""
+    from pebble.runner import roots_url_for  # after REPO_ROOT is on sys.path
+
     return {
         "daemon": {
             "state_dir": str(workdir / "state"),
             "audit_log": str(workdir / "audit.jsonl"),
             "control_socket": str(workdir / "control.sock"),
         },
-        "acme": {"pebble": {"directory": directory_url, "ca_bundle": str(ca_bundle)}},
+        "acme": {
+            "pebble": {
+                "directory": directory_url,
+                "ca_bundle": str(ca_bundle),
+                "trust_roots_url": roots_url_for(ca_bundle),
+            }
+        },
         "services": {
             name: {
                 "domains": [f"{name}.{DOMAIN_SUFFIX}"],

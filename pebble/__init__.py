@@ -6,6 +6,7 @@ from pebble.runner import (
     PebbleServer,
     PebbleUnavailable,
     pebble_available,
+    roots_url_for,
 )
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "PebbleServer",
     "PebbleUnavailable",
     "pebble_available",
+    "roots_url_for",
 ]
 
 from pebble.ari_proxy import AriProxy, ReplacesMode, cert_id

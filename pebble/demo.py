@@ -24,16 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-from pebble.runner import PebbleServer
+from pebble.runner import PebbleServer, roots_url_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "rotatord.example.toml"
 
 
 def render(example: str, directory: str, ca_bundle: Path, http_port: int) -> str:
+    roots = roots_url_for(ca_bundle)
     out, n_dir = re.subn(
         r'(?m)^directory = "https://127\.0\.0\.1:14000/dir"$',
-        f'directory = "{directory}"\nca_bundle = "{ca_bundle}"',
+        f'directory = "{directory}"\nca_bundle = "{ca_bundle}"\ntrust_roots_url = "{roots}"',
         example,
     )
     out, n_listen = re.subn(

@@ -303,6 +303,14 @@ def _serial_id(serial_hex: str | int) -> str:
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big").hex()
 
 
+def roots_url_for(ca_bundle: Path) -> str:
+    """The :attr:`PebbleServer.roots_url` of the Pebble whose listener CA is ``ca_bundle`` (for
+    test config writers that are handed only a directory URL and a bundle, e.g. through a
+    proxy): read from the Pebble config written beside the bundle."""
+    config = json.loads((ca_bundle.parent / CONFIG_NAME).read_text())
+    return f"https://{config['pebble']['managementListenAddress']}/roots/0"
+
+
 class StartStop:
     """``with x:`` runs ``x.start()`` and, whatever happens, ``x.stop()``."""
 
@@ -489,6 +497,11 @@ class PebbleServer(StartStop):
     def management_url(self) -> str:
         """Pebble management interface, ``https://127.0.0.1:<port>`` (same listener CA)."""
         return f"https://{LOOPBACK}:{self._require_ports().management}"
+
+    @property
+    def roots_url(self) -> str:
+        """Where Pebble serves its current issuing root (PEM): rotatord's ``trust_roots_url``."""
+        return f"{self.management_url}/roots/0"
 
     @property
     def http_port(self) -> int:

@@ -89,6 +89,9 @@ MAX_CONCURRENT: Final = 64
 MAX_DOMAINS: Final = 100  # Let's Encrypt's limit on names per certificate
 MAX_UID: Final = 2**32 - 2  # uid_t is 32 bits and (uid_t)-1 means "no change"
 SUN_PATH_MAX: Final = 107  # AF_UNIX paths: 108 bytes including the terminating NUL
+# A config for 10,000 services (bench/idle.py) is about 1.3 MB; 8 MiB leaves room for ~60,000
+# while keeping a stray multi-gigabyte file (or /dev/zero) from being read into memory.
+MAX_CONFIG_BYTES: Final = 8 << 20
 
 _LOG_FORMATS: Final = ("auto", "json", "console")
 _LOCAL_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -122,6 +125,9 @@ _ACME_KEYS: Final = (
     "order_deadline",
     "eab",
     "budget",
+    "trust_roots",
+    "trust_roots_url",
+    "allowed_hosts",
 )
 _BUDGET_KEYS: Final = ("orders", "orders_window", "certificates", "certificates_window")
 # Below this the "floor" between orders is no floor: a broken CA would be asked every second.
@@ -172,10 +178,16 @@ def load_config(path: Path) -> Config:
     """
     file = str(path)
     try:
-        raw = path.read_bytes()
+        # Read at most one byte past the cap: a huge (or endless, e.g. /dev/zero) file is
+        # refused without being held in memory.
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError([Problem(file, "", f"cannot read config file: {reason}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        message = f"config file is larger than {MAX_CONFIG_BYTES >> 20} MiB; refusing to read it"
+        raise ConfigError([Problem(file, "", message)])
     try:
         # utf-8-sig: a byte-order mark (some Windows editors add one) is not a TOML error.
         text = raw.decode("utf-8-sig")
@@ -669,6 +681,22 @@ def _acme(ctx: _Ctx, name: str, raw: object, path: str) -> AcmeSpec | None:
     if ca_bundle is not None:
         _existing_file(ctx, _join(path, "ca_bundle"), ca_bundle)
 
+    trust_roots = _path(ctx, table, "trust_roots", path)
+    if trust_roots is not None:
+        _existing_file(ctx, _join(path, "trust_roots"), trust_roots)
+    trust_roots_url = _string(ctx, table, "trust_roots_url", path)
+    if trust_roots_url is not None:
+        problem = _trust_url_problem(trust_roots_url)
+        if problem is not None:
+            ctx.add(_join(path, "trust_roots_url"), problem)
+    allowed_hosts: list[str] = []
+    if "allowed_hosts" in table:
+        where = _join(path, "allowed_hosts")
+        allowed_hosts = _string_list(ctx, table["allowed_hosts"], where, "host names") or []
+        for index, host in enumerate(allowed_hosts):
+            if not _HOST_RE.fullmatch(host):
+                ctx.add(_item(where, index), f"expected a bare host name, got {_show(host)}")
+
     timeout = _seconds(ctx, table, "timeout", path, MAX_TIMEOUT_SECONDS)
     deadline = _seconds(ctx, table, "order_deadline", path, MAX_ORDER_DEADLINE_SECONDS)
     eab = _eab(ctx, table["eab"], _join(path, "eab")) if "eab" in table else None
@@ -685,7 +713,27 @@ def _acme(ctx: _Ctx, name: str, raw: object, path: str) -> AcmeSpec | None:
         spec = dataclasses.replace(spec, order_deadline_seconds=deadline)
     if budget is not None:
         spec = dataclasses.replace(spec, budget=budget)
-    return spec
+    return dataclasses.replace(
+        spec,
+        trust_roots=trust_roots,
+        trust_roots_url=trust_roots_url,
+        allowed_hosts=tuple(h.lower() for h in allowed_hosts),
+    )
+
+
+# Host names and IP literals as they appear in URLs (no scheme, port or path).
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+
+
+def _trust_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot serve trust anchors, or None: https only, like the directory but with
+    no plain-http exception (roots fetched in the clear could be swapped by anyone)."""
+    problem = _directory_problem(url)
+    if problem is not None:
+        return problem.replace("directory URL", "trust_roots_url")
+    if not url.lower().startswith("https://"):
+        return f"trust_roots_url must be an https:// URL, got {_show(url)}"
+    return None
 
 
 def _budget(ctx: _Ctx, raw: object, path: str) -> BudgetLimits | None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pebble import PebbleServer
+from pebble import PebbleServer, roots_url_for
 
 Record = dict[str, Any]
 
@@ -31,11 +31,14 @@ def write_config(
     daemon_extra: str = "",
     *,
     ca_bundle: Path | None = None,
+    acme_extra: str = "",
 ) -> Path:
     """Write a config for ``pebble`` (or a directory URL) with ``services`` appended; atomically,
     because a daemon may be watching the file."""
     directory = pebble if isinstance(pebble, str) else pebble.directory_url
     bundle = ca_bundle or (None if isinstance(pebble, str) else pebble.ca_bundle)
+    # Issued chains must verify to Pebble's (per-start) root, served on its management port.
+    trust = f'trust_roots_url = "{roots_url_for(bundle)}"' if bundle is not None else ""
     # Tests renew seconds-long certificates many times: a short floor between orders and a
     # budget far above a public CA's (production defaults: 1 min, and Let's Encrypt's limits).
     floor = "" if "min_order_interval" in daemon_extra else 'min_order_interval = "5s"'
@@ -50,6 +53,8 @@ control_socket = "{state}/ctl.sock"
 [acme.pebble]
 directory = "{directory}"
 ca_bundle = "{bundle}"
+{trust}
+{acme_extra}
 
 [acme.pebble.budget]
 orders = 1000000

@@ -37,7 +37,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pebble import PebbleServer
+from pebble import PebbleServer, roots_url_for
 from pebble.runner import CERT_NAME, KEY_NAME, LOOPBACK, StartStop
 from tests.daemon_harness import DaemonProcess, Record, events, run_cli
 from tests.servers import Nginx, served_der
@@ -89,6 +89,7 @@ control_socket = "{logs}/ctl.sock"
 [acme.pebble]
 directory = "{directory}"
 ca_bundle = "{ca_bundle}"
+trust_roots_url = "{roots_url_for(ca_bundle)}"
 {budget}
 
 {services}

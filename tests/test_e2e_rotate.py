@@ -35,6 +35,7 @@ control_socket = "{state}/control.sock"
 [acme.pebble]
 directory = "{pebble.directory_url}"
 ca_bundle = "{pebble.ca_bundle}"
+trust_roots_url = "{pebble.roots_url}"
 
 [acme.pebble.budget]
 orders = 1000000

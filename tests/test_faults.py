@@ -32,7 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pebble import AriProxy, PebbleFactory, PebbleServer
+from pebble import AriProxy, PebbleFactory, PebbleServer, roots_url_for
 from pebble.ari_proxy import DROP
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
@@ -87,6 +87,7 @@ control_socket = "{audit.parent}/ctl.sock"
 [acme.pebble]
 directory = "{directory}"
 ca_bundle = "{ca_bundle}"
+trust_roots_url = "{roots_url_for(ca_bundle)}"
 {acme_extra}
 
 [acme.pebble.budget]

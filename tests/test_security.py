@@ -564,6 +564,7 @@ def acme(name: str, pebble: PebbleServer, hmac_file: Path | None = None) -> str:
 [acme.{name}]
 directory = "{pebble.directory_url}"
 ca_bundle = "{pebble.ca_bundle}"
+trust_roots_url = "{pebble.roots_url}"
 """
     if hmac_file is not None:
         text += f'[acme.{name}.eab]\nkid = "kid-1"\nhmac_key_file = "{hmac_file}"\n'

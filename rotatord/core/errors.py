@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from rotatord.core.text import clip
+
 
 class RotatordError(Exception):
     """Base of every error rotatord raises on purpose."""
@@ -64,7 +66,8 @@ class IssuanceError(RotatordError):
         self.problem_type = problem_type
         self.retry_after = retry_after
         self.status = status
-        super().__init__(message)
+        # Messages quote what the CA sent (details, URLs): bounded here, whoever builds them.
+        super().__init__(clip(message))
 
 
 class StoreError(RotatordError):

@@ -91,6 +91,13 @@ class AcmeSpec:
     timeout_seconds: float = 30.0
     order_deadline_seconds: float = 120.0
     budget: BudgetLimits = field(default_factory=BudgetLimits)
+    #: Trust anchors every issued chain must verify to: a PEM file, and/or an https URL serving
+    #: PEM roots (fetched with ``ca_bundle``; a test CA's management port). Neither: the
+    #: system trust store.
+    trust_roots: Path | None = None
+    trust_roots_url: str | None = None
+    #: Hosts besides the directory's that the CA's URLs may point at.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- challenges

@@ -17,6 +17,7 @@ from typing import Any
 
 from rotatord.core.errors import RotatordError
 from rotatord.core.model import Config, Trigger
+from rotatord.core.text import clip, quote
 from rotatord.daemon.loop import ServiceLoop
 from rotatord.rotation import service_status
 from rotatord.runtime.control import Peer
@@ -93,8 +94,8 @@ class Verbs:
             if verb == "revoke":
                 return self.revoke(req, peer)
         except RotatordError as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": False, "error": f"unknown verb {verb!r}"}
+            return {"ok": False, "error": clip(str(exc))}
+        return {"ok": False, "error": f"unknown verb {quote(verb)}"}
 
     def rotate(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         # One request is one batch: shared reload targets run once for all of its services.

@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import requests
 from acme import challenges, errors, messages
-from acme.client import ClientNetwork, ClientV2
+from acme.client import ClientV2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from josepy.jwa import ES256
@@ -37,15 +37,17 @@ from josepy.jwk import JWKEC
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec, Challenge
-from rotatord.issuing import IssuedCertificate, RenewalInfo, account
+from rotatord.issuing import IssuedCertificate, RenewalInfo, account, ari
 from rotatord.issuing.acme_net import (
     NewOrderWithReplaces,
+    UrlPolicy,
     _Network,
     _parse_retry_after,
     problem_code,
     translate,
 )
 from rotatord.issuing.challenges.http01 import Http01Responder
+from rotatord.issuing.trust import TrustAnchors, parse_chain
 from rotatord.observe.logging import get_logger
 
 log = get_logger("rotatord.issuing")
@@ -85,6 +87,9 @@ class AcmeIssuer:
         # is used by one thread at a time, because acme's nonce set is not thread-safe.
         self._idle: list[_Network] = []
         self._directory_failed_at: float | None = None
+        self._directory_error = ""
+        self._trust = TrustAnchors(spec, clock)
+        self._url_policy = UrlPolicy(spec.directory, spec.allowed_hosts)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -96,6 +101,7 @@ class AcmeIssuer:
             net = self._new_network()
         net.last_retry_after = None
         net.last_status = None
+        net.deadline = None
         healthy = False
         try:
             yield net
@@ -124,6 +130,7 @@ class AcmeIssuer:
             user_agent=USER_AGENT,
             timeout=int(self.spec.timeout_seconds),
             clock=self._clock,
+            url_policy=self._url_policy,
         )
         return net
 
@@ -137,7 +144,9 @@ class AcmeIssuer:
                 failed_at = self._directory_failed_at
         if failed_at is not None and self._clock.monotonic() - failed_at < DIRECTORY_RETRY_S:
             raise IssuanceError(
-                f"directory {self.spec.directory} was unreachable moments ago", retryable=True
+                f"directory {self.spec.directory} was unreachable moments ago "
+                f"({self._directory_error})",
+                retryable=True,
             )
 
     def _client(self, net: _Network) -> ClientV2:
@@ -149,9 +158,11 @@ class AcmeIssuer:
             try:
                 directory = ClientV2.get_directory(self.spec.directory, net)
             except Exception as exc:
+                error = translate(exc, net, f"fetching directory {self.spec.directory}")
                 with self._lock:
                     self._directory_failed_at = self._clock.monotonic()
-                raise translate(exc, net, f"fetching directory {self.spec.directory}") from exc
+                    self._directory_error = str(error).split(": ", 1)[-1]
+                raise error from exc
             with self._lock:
                 self._directory = directory
                 self._directory_failed_at = None
@@ -234,13 +245,19 @@ class AcmeIssuer:
         replaces: str | None = None,
     ) -> IssuedCertificate:
         with self._net() as net:
+            # Every exchange of the order, the directory and account included, ends by then.
+            net.deadline = self._clock.monotonic() + self.spec.order_deadline_seconds
             try:
                 client = self._client(net)
                 self._ensure_account(client)
                 return self._issue(client, net, csr_pem, names, challenge, replaces)
-            except IssuanceError:
-                raise
             except Exception as exc:
+                # The next order reads the directory afresh: one whose URLs we refused (or of a
+                # restarted CA) must not stay cached for the life of the daemon.
+                with self._lock:
+                    self._directory = None
+                if isinstance(exc, IssuanceError):
+                    raise
                 raise translate(exc, net, f"ordering {', '.join(names)}") from exc
 
     def _new_order(
@@ -282,26 +299,7 @@ class AcmeIssuer:
             base = client.directory.to_partial_json().get("renewalInfo")
             if not base:
                 return None
-            url = base.rstrip("/") + "/" + cert_id
-            try:
-                response = net.get(url, content_type=ClientNetwork.JSON_CONTENT_TYPE)
-                doc = response.json()
-                window = doc["suggestedWindow"]
-                start = datetime.fromisoformat(window["start"])
-                end = datetime.fromisoformat(window["end"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise IssuanceError(
-                    f"renewalInfo for {cert_id}: malformed response", retryable=True
-                ) from exc
-            except Exception as exc:
-                raise translate(exc, net, f"renewalInfo for {cert_id}") from exc
-        explanation = doc.get("explanationURL")
-        return RenewalInfo(
-            start=start if start.tzinfo else start.replace(tzinfo=UTC),
-            end=end if end.tzinfo else end.replace(tzinfo=UTC),
-            retry_after=_parse_retry_after(response.headers.get("Retry-After"), self._clock.now()),
-            explanation_url=explanation if isinstance(explanation, str) else None,
-        )
+            return ari.query(net, base, cert_id, self._clock)
 
     def _issue(
         self,
@@ -312,7 +310,7 @@ class AcmeIssuer:
         challenge: Challenge,
         replaces: str | None,
     ) -> IssuedCertificate:
-        deadline = self._clock.monotonic() + self.spec.order_deadline_seconds
+        deadline = net.deadline or self._clock.monotonic() + self.spec.order_deadline_seconds
         order, order_url, replaces = self._with_account(
             client, lambda: self._new_order(client, names, replaces)
         )
@@ -343,8 +341,8 @@ class AcmeIssuer:
 
         order = self._finalize(client, net, order, order_url, csr_pem, deadline)
         assert order.certificate is not None
-        fullchain = self._post_as_get(client, order.certificate).text.encode()
-        certs = x509.load_pem_x509_certificates(fullchain)
+        certs = parse_chain(self._post_as_get(client, order.certificate).content)
+        self._trust.verify(certs, names)
         leaf = certs[0].public_bytes(serialization.Encoding.PEM)
         chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs[1:])
         return IssuedCertificate(

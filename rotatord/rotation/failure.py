@@ -16,6 +16,7 @@ from rotatord.clock import Clock
 from rotatord.core import policy
 from rotatord.core.errors import AuditError
 from rotatord.core.model import DaemonSpec
+from rotatord.core.text import clip
 from rotatord.observe.logging import get_logger
 from rotatord.rotation.book import StatusBook
 from rotatord.rotation.state import Ctx, Outcome, RotationResult
@@ -25,11 +26,16 @@ log = get_logger("rotatord.rotation")
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
     return {
-        "error": str(exc) or type(exc).__name__,
+        # Clipped: this goes into the audit log, status.json and the control reply.
+        "error": clip(str(exc) or type(exc).__name__),
         "error_type": type(exc).__name__,
         "retryable": getattr(exc, "retryable", True),
-        "problem_type": getattr(exc, "problem_type", None),
+        "problem_type": _clip_opt(getattr(exc, "problem_type", None)),
     }
+
+
+def _clip_opt(value: object) -> str | None:
+    return None if value is None else clip(str(value), 512)
 
 
 def record_failure(
