@@ -126,7 +126,6 @@ class IssueStep:
         previous = self._activate(ctx, version)
         ctx.new = Installed(version, bundle, info)
         ctx.stage = Stage.ACTIVATED
-        journal.mark(ctx, Phase.ACTIVATED)
         audit.emit(
             "certificate_activated",
             serial=info.serial_hex,
@@ -134,9 +133,10 @@ class IssueStep:
             previous_version=previous.name if previous else None,
             key_fingerprint=fingerprint,
         )
-        # Right after its audit record: recovery compares this with `current` to find an
-        # activation the log never saw (a kill in between), so keep the window tiny.
-        r.book.update(store, current_version=version.name)
+        # Right after its audit record: a journal past ``staged`` for the live version tells
+        # recovery the activation was recorded (a kill before it: recovery records it). Resume
+        # goes by which version is live, so ``staged`` with this version live resumes too.
+        journal.mark(ctx, Phase.ACTIVATED)
         if ctx.old is not None:
             audit.emit(
                 "certificate_superseded",

@@ -43,13 +43,17 @@ def _audit_unrecorded_activation(
 ) -> None:
     """A kill between the ``current`` flip and its audit record leaves a pair in service that
     the log never said was activated. status.json names the version the last finished rotation
-    left current; if ``current`` is another one, record its activation now (a rare duplicate
-    is harmless, a missing key event is not)."""
+    left current, and the journal is marked ``activated`` right after the audit record; if
+    neither vouches for ``current``, record its activation now (a duplicate, after a kill in
+    the instant between record and mark, is harmless; a missing key event is not)."""
     current = store.current_version()
     if current is None:
         return
     status = rotator.book.get(store)
     if status.current_version == current.name:
+        return
+    entry = journal.read(store)
+    if entry is not None and entry.version == current.name and entry.phase is not Phase.STAGED:
         return
     try:
         meta = json.loads(read_file_nofollow(current.path / META_FILE))

@@ -332,7 +332,9 @@ class ServiceStore:
         return doc if isinstance(doc, dict) else {}
 
     def _write_doc(self, path: Path, doc: dict[str, Any]) -> None:
-        data = (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode()
+        # Compact: written several times per rotation, and without ``indent`` json uses its C
+        # encoder (5x faster); ``rotatord status`` is the readable view.
+        data = (json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str) + "\n").encode()
         try:
             if not self._layout_made:
                 self.ensure_layout()
