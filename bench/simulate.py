@@ -110,6 +110,9 @@ SCENARIOS = {
         disk_modes=("full",),
         disk_lengths=(6 * 3600,),
     ),
+    # A CA that, for half a day at a time, issues certificates rotatord must refuse (wrong key,
+    # wrong names, already expired): each retry costs one of the CA's duplicate-certificate slots.
+    "bad_ca": Scenario(weights=(("bad_period", 1),), mean_gap=timedelta(days=2)),
     # CA outages longer than a short certificate lives.
     "long_outage": Scenario(
         weights=(("ca_down", 1),), mean_gap=timedelta(days=6), ca_down=(5 * 86400,)
@@ -266,6 +269,10 @@ class Simulation:
             self.faults_until["slow"] = now + HOUR
         elif kind == "bad":
             ca.bad = self.rng.choice(["wrong_key", "wrong_names", "expired"])
+        elif kind == "bad_period":
+            ca.bad_always = self.rng.choice(["wrong_key", "wrong_names", "expired"])
+            self.faults_until["bad_period"] = now + timedelta(hours=12)
+            self.health.add(now, now + timedelta(hours=12))
         elif kind == "disk":
             mode = self.rng.choice(sc.disk_modes)
             length = timedelta(seconds=self.rng.choice(sc.disk_lengths))
@@ -306,6 +313,8 @@ class Simulation:
                 ca.rate_limited_until = None
             elif kind == "backdate":
                 ca.backdate_fraction = 0.0
+            elif kind == "bad_period":
+                ca.bad_always = None
             elif kind == "disk":
                 ops.full = ops.read_only = False
                 ops.eio_at = set()
@@ -440,6 +449,9 @@ class Simulation:
         self._orders_seen += len(new)
         for o in new:
             self._order_times.append(o.at)
+            if o.bad is not None:
+                # A bad certificate is the CA failing that attempt: health resumes after it.
+                self.health.add(o.at, o.at + timedelta(seconds=1))
             if o.outcome == "issued":
                 self._cert_times[tuple(sorted(o.names))].append(o.at)
         orders = self._order_times

@@ -137,7 +137,8 @@ class FakeCA:
         # Scriptable faults (plain attributes: tests flip them between or during orders).
         self.down = False
         self.delay = timedelta(0)
-        self.bad: BadMode | None = None
+        self.bad: BadMode | None = None  # the next order only
+        self.bad_always: BadMode | None = None  # every order until cleared
         self.before_issue: Callable[[int], None] | None = None
         self.rate_limited_until: datetime | None = None
         # ARI
@@ -266,7 +267,7 @@ class FakeCA:
             # A fresh traceback each time: the same instance may be raised n times.
             raise self._failures.popleft().with_traceback(None)
         csr = self._parse_csr(csr_pem, names)
-        bad, self.bad = self.bad, None
+        bad, self.bad = self.bad or self.bad_always, None
         ca = self.unrelated_ca if bad == "unrelated_ca" else self.ca
         public_key = csr.public_key()
         leaf_names: Sequence[str] = names

@@ -23,7 +23,7 @@ finally:
 
 @pytest.mark.parametrize(
     ("scenario", "service_years"),
-    [("mixed", 20), ("backdated", 10), ("disk_full", 10), ("long_outage", 4)],
+    [("mixed", 20), ("backdated", 10), ("disk_full", 10), ("bad_ca", 10), ("long_outage", 4)],
 )
 def test_short_simulation_has_no_violations(scenario: str, service_years: int) -> None:
     """Outages, rate limits, bad responses, disk faults, crashes and clock jumps (or one of them,
@@ -39,7 +39,7 @@ def test_short_simulation_has_no_violations(scenario: str, service_years: int) -
 GUARDS = [
     ("floor", "mixed", {"runaway_floor"}),
     ("interval", "backdated", {"runaway_interval"}),
-    ("budget", "disk_full", {"budget"}),
+    ("budget", "bad_ca", {"budget"}),
     ("retry_cap", "long_outage", {"stuck_invalid"}),
     ("resume", "mixed", {"unfinished", "stale_consumer"}),
     ("status", "mixed", {"hidden_failure"}),

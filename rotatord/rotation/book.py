@@ -162,16 +162,29 @@ class BudgetLedger:
         }
 
     def record_order(self, account: str, now: datetime, limits: BudgetLimits) -> None:
-        self._record(account, None, now, limits)
+        """Count an order before it is sent, durably: raises StoreError (and counts nothing)
+        when the ledger cannot be written. An order whose count a crash could lose would let
+        a restarted daemon exceed the CA's limits; and a state directory that cannot take the
+        ledger could not take the certificate either."""
+        self._record(account, None, now, limits, strict=True)
 
     def record_certificate(
         self, account: str, names: Sequence[str], now: datetime, limits: BudgetLimits
     ) -> None:
         self._record(account, identifier_key(names), now, limits)
 
-    def _record(self, account: str, key: str | None, now: datetime, limits: BudgetLimits) -> None:
+    def _record(
+        self,
+        account: str,
+        key: str | None,
+        now: datetime,
+        limits: BudgetLimits,
+        *,
+        strict: bool = False,
+    ) -> None:
         with self._lock:
             doc = self._doc(account)
+            before = {"orders": list(doc["orders"]), "certificates": dict(doc["certificates"])}
             if key is None:
                 keep = now - limits.orders_window
                 doc["orders"] = [
@@ -191,6 +204,13 @@ class BudgetLedger:
             atomic_write(self._dir / f"{account}.json", data, 0o600, self._ops)
             self.persist_error = None
         except (OSError, StoreError) as exc:
-            # Still enforced from memory; the next successful write carries it to disk.
             self.persist_error = str(exc)
             log.error("budget_unwritable", account=account, error=str(exc))
+            if strict:
+                with self._lock:
+                    self._docs[account] = before
+                raise StoreError(
+                    f"{self._dir}: cannot record the order in the budget ledger, so it is not "
+                    f"sent: {exc}"
+                ) from exc
+            # Still enforced from memory; the next successful write carries it to disk.

@@ -74,7 +74,7 @@ def meta_to_json(meta: IssuedMeta, extra: dict[str, Any] | None = None) -> bytes
     }
     if extra:
         doc.update(extra)
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def meta_from_json(data: bytes) -> IssuedMeta:
@@ -119,6 +119,9 @@ class ServiceStore:
         self._key_mode = key_mode
         self._key_gid = key_gid
         self._layout_made = False  # status/journal writes check the tree once per store object
+        self._current_s = os.fspath(self.current_link)
+        self._versions_s = os.fspath(self.versions_dir)
+        self._known: dict[str, Version] = {}  # Version objects by name (immutable)
 
     # ------------------------------------------------------------------ layout and locking
 
@@ -153,7 +156,7 @@ class ServiceStore:
         """The version ``current`` points to, or None. A link pointing anywhere but one of our
         version directories is treated as absent (recovery repairs it)."""
         try:
-            target = os.readlink(self.current_link)
+            target = os.readlink(self._current_s)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -163,14 +166,20 @@ class ServiceStore:
         parts = target.split("/")
         if len(parts) != 2 or parts[0] != "versions" or not VERSION_RE.match(parts[1]):
             return None
-        path = self.versions_dir / parts[1]
         try:
-            st = os.lstat(path)  # one call: a real directory, not a symlink to one
+            # One call: a real directory, not a symlink to one. Strings, not Paths: planning
+            # and status ask this of every service every day.
+            st = os.lstat(f"{self._versions_s}/{parts[1]}")
         except FileNotFoundError:
             return None
         if not stat.S_ISDIR(st.st_mode):
             return None
-        return Version(parts[1], path)
+        known = self._known.get(parts[1])
+        if known is None:
+            if len(self._known) > 64:
+                self._known.clear()
+            known = self._known[parts[1]] = Version(parts[1], self.versions_dir / parts[1])
+        return known
 
     def versions(self) -> list[Version]:
         """Complete-looking version directories, oldest first (names sort chronologically)."""
