@@ -35,7 +35,12 @@ pytestmark = pytest.mark.pebble
 
 
 def issuer_for(pebble: PebbleServer, tmp: Path, pool: StandalonePool) -> AcmeIssuer:
-    spec = AcmeSpec("pebble", pebble.directory_url, ca_bundle=pebble.ca_bundle)
+    spec = AcmeSpec(
+        "pebble",
+        pebble.directory_url,
+        ca_bundle=pebble.ca_bundle,
+        trust_roots_url=pebble.roots_url,
+    )
     return AcmeIssuer(spec, tmp / "account", SystemClock(), Http01Responder(pool))
 
 

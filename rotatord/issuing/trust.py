@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import ssl
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 import requests
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from rotatord.clock import Clock
@@ -77,7 +79,11 @@ def _tolerant_load(pem: bytes) -> list[x509.Certificate]:
     for block in pem.split(_END):
         if b"-----BEGIN CERTIFICATE-----" in block:
             try:
-                out.append(x509.load_pem_x509_certificate(block + _END))
+                with warnings.catch_warnings():
+                    # A root with a non-positive serial still loads, with a deprecation
+                    # warning that a strict warnings filter would turn into an exception.
+                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                    out.append(x509.load_pem_x509_certificate(block + _END))
             except ValueError:
                 continue
     return out
