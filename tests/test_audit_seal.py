@@ -35,6 +35,7 @@ from rotatord.observe.sealkey import (
 from rotatord.observe.verify import verify_chain, verify_sealed
 from rotatord.runtime import control
 from tests.daemon_harness import DaemonProcess, read_audit, run_cli, service, write_config
+from tests.unavailable import unavailable
 
 Lines = list[bytes]
 PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n"
@@ -473,11 +474,12 @@ def test_daemon_seals_what_it_writes(pebble_server: PebbleServer, short_tmp: Pat
     assert result.ok and result.open_records == 0 and result.sealed_through == len(records)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the key to another user")
 def test_root_starting_and_evolving_keeps_the_key_the_daemon_users(tmp_path: Path) -> None:
     """Root running init-seal (or a local rotation) for a daemon that runs as another user
     leaves the host key and its directory owned by the state dir's owner, so the daemon can
     still read it, and still 0600."""
+    if os.geteuid() != 0:
+        unavailable("needs root to hand the key to another user")
     nobody = pwd.getpwnam("nobody")
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
