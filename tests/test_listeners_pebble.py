@@ -19,7 +19,8 @@ from rotatord.clock import SystemClock
 from rotatord.core import keys
 from rotatord.core.model import AcmeSpec, Http01Standalone, KeyType
 from rotatord.issuing.acme_issuer import AcmeIssuer
-from rotatord.issuing.challenges.http01 import HTTP01_LIMITS, Http01Responder, StandalonePool
+from rotatord.issuing.challenges.http01 import HTTP01_LIMITS, StandalonePool
+from rotatord.issuing.challenges.solver import Solvers
 from rotatord.runtime.control import CONTROL_LIMITS
 from tests.daemon_harness import (
     DaemonProcess,
@@ -41,7 +42,7 @@ def issuer_for(pebble: PebbleServer, tmp: Path, pool: StandalonePool) -> AcmeIss
         ca_bundle=pebble.ca_bundle,
         trust_roots_url=pebble.roots_url,
     )
-    return AcmeIssuer(spec, tmp / "account", SystemClock(), Http01Responder(pool))
+    return AcmeIssuer(spec, tmp / "account", SystemClock(), Solvers(pool))
 
 
 def order(issuer: AcmeIssuer, name: str, port: int) -> float:

@@ -15,7 +15,7 @@ from rotatord.deploy.probe import TlsProber
 from rotatord.deploy.reload import SubprocessReloader
 from rotatord.issuing import Issuer
 from rotatord.issuing.acme_issuer import AcmeIssuer, account_dir
-from rotatord.issuing.challenges.http01 import Http01Responder
+from rotatord.issuing.challenges.solver import Solvers
 from rotatord.observe.audit import AuditSink, open_audit
 from rotatord.rotation import Rotator
 
@@ -26,7 +26,7 @@ class IssuerCache:
     def __init__(self, config: Config, clock: Clock) -> None:
         self._config = config
         self._clock = clock
-        self._responder = Http01Responder()
+        self._solvers = Solvers()
         self._issuers: dict[str, AcmeIssuer] = {}
         self._lock = threading.Lock()
 
@@ -36,7 +36,7 @@ class IssuerCache:
 
     def close(self) -> None:
         """Close lingering HTTP-01 listeners and idle CA connections."""
-        self._responder.close()
+        self._solvers.close()
         with self._lock:
             issuers = list(self._issuers.values())
         for issuer in issuers:
@@ -53,7 +53,7 @@ class IssuerCache:
                     spec,
                     account_dir(self._config.daemon.state_dir, account),
                     self._clock,
-                    self._responder,
+                    self._solvers,
                 )
                 self._issuers[account] = issuer
             return issuer

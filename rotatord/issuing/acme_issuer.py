@@ -46,7 +46,7 @@ from rotatord.issuing.acme_net import (
     problem_code,
     translate,
 )
-from rotatord.issuing.challenges.http01 import Http01Responder
+from rotatord.issuing.challenges.solver import ChallengeTask, Solvers, solving
 from rotatord.issuing.trust import TrustAnchors, parse_chain
 from rotatord.observe.logging import get_logger
 
@@ -68,7 +68,7 @@ class AcmeIssuer:
         spec: AcmeSpec,
         account_dir: Path,
         clock: Clock,
-        responder: Http01Responder | None = None,
+        solvers: Solvers | None = None,
         *,
         poll_schedule: Sequence[float] = POLL_SCHEDULE,
     ) -> None:
@@ -76,7 +76,7 @@ class AcmeIssuer:
         self.directory_url = spec.directory
         self._account_dir = account_dir
         self._clock = clock
-        self._responder = responder or Http01Responder()
+        self._solvers = solvers or Solvers()
         self._poll_schedule = tuple(poll_schedule)
         self._lock = threading.Lock()
         self._directory: messages.Directory | None = None
@@ -315,26 +315,36 @@ class AcmeIssuer:
             client, lambda: self._new_order(client, names, replaces)
         )
 
+        solver = self._solvers.for_challenge(challenge)
         pending: list[tuple[str, messages.ChallengeBody, challenges.ChallengeResponse]] = []
-        tokens: dict[str, str] = {}
+        tasks: list[ChallengeTask] = []
         for authz_url in order.authorizations:
             authz = messages.Authorization.from_json(self._post_as_get(client, authz_url).json())
             if authz.status == messages.STATUS_VALID:
                 continue  # reused authorization
             challb = next(
-                (c for c in authz.challenges if isinstance(c.chall, challenges.HTTP01)), None
+                (c for c in authz.challenges if c.chall.typ == solver.challenge_type), None
             )
-            if challb is None:
+            if challb is None or not isinstance(challb.chall, challenges.KeyAuthorizationChallenge):
                 raise IssuanceError(
-                    f"CA offers no http-01 challenge for {authz.identifier.value}",
+                    f"CA offers no {solver.challenge_type} challenge for "
+                    f"{authz.identifier.value}",
                     retryable=False,
                 )
-            response, validation = challb.response_and_validation(net.key)
-            tokens[challb.chall.encode("token")] = validation
-            pending.append((authz_url, challb, response))
+            tasks.append(
+                ChallengeTask(
+                    identifier=authz.identifier.value,
+                    identifier_type=authz.identifier.typ.name,
+                    wildcard=bool(authz.wildcard),
+                    challenge_type=solver.challenge_type,
+                    token=challb.chall.encode("token"),
+                    key_authorization=challb.chall.key_authorization(net.key),
+                )
+            )
+            pending.append((authz_url, challb, challb.chall.response(net.key)))
 
         if pending:
-            with self._responder.serving(challenge, tokens):
+            with solving(solver, tasks, deadline):
                 for _, challb, response in pending:
                     client.answer_challenge(challb, response)
                 self._poll_authorizations(client, [p[0] for p in pending], deadline)

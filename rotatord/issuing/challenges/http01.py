@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rotatord.core.errors import IssuanceError
-from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
+from rotatord.core.model import Http01Standalone, Http01Webroot
 from rotatord.fsutil import atomic_write, ensure_tree
 from rotatord.listener import BACKLOG, Limits, Listener
 
@@ -239,22 +239,3 @@ def webroot_serving(spec: Http01Webroot, tokens: Mapping[str, str]) -> Iterator[
         for p in written:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-
-
-class Http01Responder:
-    """Serves key authorizations for one issuance by whichever means the service configured."""
-
-    def __init__(self, pool: StandalonePool | None = None) -> None:
-        self._pool = pool or StandalonePool()
-
-    def close(self) -> None:
-        self._pool.close()
-
-    @contextlib.contextmanager
-    def serving(self, challenge: Challenge, tokens: Mapping[str, str]) -> Iterator[None]:
-        if isinstance(challenge, Http01Standalone):
-            with self._pool.serving(challenge, tokens):
-                yield
-        else:
-            with webroot_serving(challenge, tokens):
-                yield
