@@ -86,7 +86,7 @@ class Planner:
             budget_at = r.ledger.free_at(spec.account, spec.domains, limits, now)
         plan = policy.plan_next(
             decision,
-            history(r.book.get(store)),
+            history(r.book.get(store), r.ledger.last_order(spec.account, name)),
             now,
             floor=r.config.daemon.min_order_interval,
             budget_free_at=budget_at,

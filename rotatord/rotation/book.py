@@ -10,6 +10,7 @@ Rules: no clock reads (``now`` is passed in); never raises for a disk that canno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ class Entry:
     status: ServiceStatus
     persisted: bool = True
     persist_error: str | None = None
+    # Changed in memory on purpose (``note``) since the last write: the next ``put`` writes.
+    dirty: bool = False
 
 
 class StatusBook:
@@ -58,7 +61,7 @@ class StatusBook:
         """Remember ``status``; write it to disk if possible and say whether that worked."""
         with self._lock:
             known = self._entries.get(store.service)
-        if known is not None and known.persisted and known.status == status:
+        if known is not None and known.persisted and not known.dirty and known.status == status:
             return known  # already on disk as it is
         try:
             store.write_status(status.to_doc())
@@ -72,6 +75,15 @@ class StatusBook:
 
     def update(self, store: CertStore, **changes: Any) -> Entry:
         return self.put(store, replace(self.get(store), **changes))
+
+    def note(self, store: CertStore, **changes: Any) -> None:
+        """Change the status in memory only; the next ``put`` or ``update`` writes it. For
+        facts that are durable elsewhere already (the ledger holds the last order's time)."""
+        entry = self.entry(store)
+        with self._lock:
+            self._entries[store.service] = replace(
+                entry, status=replace(entry.status, **changes), dirty=True
+            )
 
     def forget(self, service: str) -> None:
         with self._lock:
@@ -119,6 +131,12 @@ class BudgetLedger:
                 if isinstance(certs, dict)
                 else {},
             }
+            last = raw.get("last_order") if isinstance(raw, dict) else None
+            doc["last_order"] = (
+                {k: v for k, v in last.items() if isinstance(k, str) and isinstance(v, str)}
+                if isinstance(last, dict)
+                else {}
+            )
             self._docs[account] = doc
         return doc
 
@@ -161,43 +179,90 @@ class BudgetLedger:
             "certificates_remaining": max(0, limits.certificates - used_certs),
         }
 
-    def record_order(self, account: str, now: datetime, limits: BudgetLimits) -> None:
+    def last_order(self, account: str, service: str) -> datetime | None:
+        """When ``service`` last sent an order through ``account`` (within the orders window):
+        the minimum-interval guard's memory across a crash in the middle of an order."""
+        with self._lock:
+            raw = self._doc(account)["last_order"].get(service)
+        times = self._times([raw]) if raw else []
+        return times[0] if times else None
+
+    def record_order(
+        self,
+        account: str,
+        now: datetime,
+        limits: BudgetLimits,
+        service: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
         """Count an order before it is sent, durably: raises StoreError (and counts nothing)
         when the ledger cannot be written. An order whose count a crash could lose would let
         a restarted daemon exceed the CA's limits; and a state directory that cannot take the
-        ledger could not take the certificate either."""
-        self._record(account, None, now, limits, strict=True)
+        ledger could not take the certificate either.
+
+        One write holds all the order changes: ``service`` is remembered as the last to order
+        (the minimum-interval guard's memory), and with ``names`` the certificate the order is
+        to bring is counted now — ``uncount_certificate`` gives it back if the order fails. A
+        crash in between leaves it counted: the budget errs on the side of the CA's limits."""
+        cert = identifier_key(names) if names is not None else None
+        self._record(account, now, limits, order=True, cert=cert, strict=True, service=service)
 
     def record_certificate(
         self, account: str, names: Sequence[str], now: datetime, limits: BudgetLimits
     ) -> None:
-        self._record(account, identifier_key(names), now, limits)
+        self._record(account, now, limits, cert=identifier_key(names))
+
+    def uncount_certificate(
+        self, account: str, names: Sequence[str], counted_at: datetime, limits: BudgetLimits
+    ) -> None:
+        """The order ``record_order`` counted at ``counted_at`` brought no certificate."""
+        self._record(account, counted_at, limits, uncount=identifier_key(names))
 
     def _record(
         self,
         account: str,
-        key: str | None,
         now: datetime,
         limits: BudgetLimits,
         *,
+        order: bool = False,
+        cert: str | None = None,
+        uncount: str | None = None,
         strict: bool = False,
+        service: str | None = None,
     ) -> None:
         with self._lock:
             doc = self._doc(account)
-            before = {"orders": list(doc["orders"]), "certificates": dict(doc["certificates"])}
-            if key is None:
+            before = {
+                "orders": list(doc["orders"]),
+                "certificates": {k: list(v) for k, v in doc["certificates"].items()},
+                "last_order": dict(doc["last_order"]),
+            }
+            if order:
                 keep = now - limits.orders_window
                 doc["orders"] = [
                     t.isoformat() for t in self._times(doc["orders"]) if min(t, now) > keep
                 ] + [now.isoformat()]
-            else:
+                last = doc["last_order"]
+                for svc, at in list(last.items()):
+                    times = self._times([at])
+                    if not times or min(times[0], now) <= keep:
+                        del last[svc]
+                if service is not None:
+                    last[service] = now.isoformat()
+            certs = doc["certificates"]
+            if cert is not None:
                 keep = now - limits.certificates_window
-                certs = doc["certificates"]
                 for k in list(certs):
                     certs[k] = [t.isoformat() for t in self._times(certs[k]) if min(t, now) > keep]
                     if not certs[k]:
                         del certs[k]
-                certs.setdefault(key, []).append(now.isoformat())
+                certs.setdefault(cert, []).append(now.isoformat())
+            if uncount is not None:
+                mine = certs.get(uncount, [])
+                with contextlib.suppress(ValueError):
+                    mine.remove(now.isoformat())
+                if not mine:
+                    certs.pop(uncount, None)
             data = (json.dumps(doc, sort_keys=True) + "\n").encode()
         try:
             ensure_tree(self._dir, 0o700, self._ops)

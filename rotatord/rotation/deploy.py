@@ -22,11 +22,10 @@ from rotatord.deploy.probe import Prober
 from rotatord.deploy.reload import Reloader, describe
 from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.observe.logging import redact_text
-from rotatord.rotation.state import Ctx, Installed, Phase
+from rotatord.rotation.state import Ctx, Installed
 from rotatord.store import CertStore, Version
 
 Pick = Callable[[Ctx], Installed]
-Mark = Callable[[Ctx, Phase], None]
 
 
 def reload_env(store: CertStore, service: ServiceSpec, version: Version | None) -> dict[str, str]:
@@ -67,23 +66,23 @@ class Deployer:
         self._ops = ops
 
     def deploy(
-        self, ctxs: Sequence[Ctx], pick: Pick, probe_phase: str, mark: Mark | None = None
+        self, ctxs: Sequence[Ctx], pick: Pick, probe_phase: str
     ) -> dict[str, str]:
         """Deploy ``pick(c)`` for every context; returns the first failure per service name.
 
         A service whose outputs or own reloads failed is left out of the shared targets (its
         pair is about to be rolled back); a failed shared target fails every service using it.
+
+        No journal marks here: a resumed rotation redoes the whole deployment (outputs, reloads,
+        probe) whatever step it had reached, and the audit log already records each step, so
+        a durable write per step would buy nothing.
         """
         failures: dict[str, str] = {}
         for c in ctxs:
             pair = pick(c)
             try:
-                # A phase with nothing to do is not marked: resuming from the one before it
-                # does the same work (none), and each mark is a durable write.
                 if c.spec.outputs:
                     publish_outputs(c.spec.outputs, pair.bundle, pair.version.name, self._ops)
-                    if mark is not None:
-                        mark(c, Phase.PUBLISHED)
                 self.run_actions(c, c.spec.reload, pair.version, target=None)
             except (ReloadError, StoreError, AuditError, OSError) as exc:
                 failures[c.spec.name] = str(exc)
@@ -110,14 +109,10 @@ class Deployer:
         for c in ctxs:
             if c.spec.name in failures:
                 continue
-            if mark is not None and (c.spec.reload or c.spec.reload_targets):
-                mark(c, Phase.RELOADED)
             fp = keys.cert_fingerprint(keys.split_pem_chain(pick(c).bundle.cert_pem)[0])
             failure = self.probe(c, fp, probe_phase)
             if failure is not None:
                 failures[c.spec.name] = failure
-            elif mark is not None and c.spec.probes:
-                mark(c, Phase.PROBED)
         return failures
 
     def run_actions(

@@ -56,6 +56,10 @@ class PublicCache:
         self._limit = limit
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[tuple[int, ...], Installed]] = {}
+        # By service directory: the identity of its ``current`` link when last read, and what
+        # it pointed to. Replacing the link (activation, rollback, recovery, another process)
+        # is a rename of a new symlink over it: a new inode, so one lstat tells.
+        self._current: dict[str, tuple[tuple[int, ...], Installed]] = {}
 
     @staticmethod
     def _identity(version: Version) -> tuple[int, ...] | None:
@@ -82,6 +86,27 @@ class PublicCache:
                 if len(self._entries) >= self._limit:
                     self._entries.clear()  # rare (more versions than services × 5): start over
                 self._entries[key] = (ident, found)
+        return found
+
+
+    def current(self, store: CertStore) -> Installed | None:
+        """``store``'s current version without its key: one ``lstat`` while nothing changed."""
+        link = os.fspath(store.current_link)
+        try:
+            st = os.lstat(link)
+        except OSError:
+            return read_installed(store, with_key=False, cache=self)
+        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            hit = self._current.get(link)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        found = read_installed(store, with_key=False, cache=self)
+        if found is not None:
+            with self._lock:
+                if len(self._current) >= self._limit:
+                    self._current.clear()
+                self._current[link] = (ident, found)
         return found
 
 

@@ -32,12 +32,16 @@ if TYPE_CHECKING:
 log = get_logger("rotatord.rotation")
 
 
-def history(status: ServiceStatus) -> policy.History:
-    """What ``policy.plan_next`` needs from a service's status."""
+def history(status: ServiceStatus, last_order: datetime | None = None) -> policy.History:
+    """What ``policy.plan_next`` needs from a service's status (and the ledger's record of its
+    last order, which survives a crash in the middle of an order that status does not)."""
+    last_order_at = status.last_order_at
+    if last_order is not None and (last_order_at is None or last_order > last_order_at):
+        last_order_at = last_order
     return policy.History(
         failures=status.failures,
         retry_at=status.next_attempt,
-        last_order_at=status.last_order_at,
+        last_order_at=last_order_at,
         last_issued_at=status.last_issued_at,
         issued_lifetime=status.issued_lifetime,
     )
@@ -53,8 +57,13 @@ class IssueStep:
         clock = r.clock
         now = clock.now()
         ctx.now = now
-        # Check again under the lock: another process may have rotated while we waited.
-        ctx.old = read_installed(ctx.store)
+        # Check again under the lock: another process may have rotated while we waited. The
+        # old key is read only when it is to be reused (the pair is parsed once, cached).
+        ctx.old = (
+            read_installed(ctx.store)
+            if spec.reuse_key and not ctx.fresh_key
+            else r.public.current(ctx.store)
+        )
         decision = r.decision(spec, ctx.old, now, ari_time)
         if not force and not decision.due:
             ctx.stage, ctx.reason = Stage.NOT_DUE, decision.reason
@@ -79,13 +88,16 @@ class IssueStep:
         issuer = r.issuer(spec.account)
         replaces = self._replaces(ctx, issuer)
         limits = r.config.acme[spec.account].budget
-        r.ledger.record_order(spec.account, now, limits)
-        r.book.update(store, last_order_at=now, last_attempt=now)
-        issued = issuer.issue(csr, spec.domains, spec.challenge, replaces=replaces)
+        r.ledger.record_order(spec.account, now, limits, service=spec.name, names=spec.domains)
+        r.book.note(store, last_order_at=now, last_attempt=now)
+        try:
+            issued = issuer.issue(csr, spec.domains, spec.challenge, replaces=replaces)
+        except Exception:
+            r.ledger.uncount_certificate(spec.account, spec.domains, now, limits)
+            raise
         chain = keys.split_pem_chain(issued.cert_pem + issued.chain_pem)
         info = keys.cert_info(chain[0])
         issued_at = clock.now()
-        r.ledger.record_certificate(spec.account, spec.domains, issued_at, limits)
         ctx.extra["issued_at"] = issued_at
         ctx.new_cert_fp = keys.cert_fingerprint(chain[0])
         audit.emit(
@@ -165,7 +177,7 @@ class IssueStep:
             return False
         plan = policy.plan_next(
             decision,
-            history(r.book.get(ctx.store)),
+            history(r.book.get(ctx.store), r.ledger.last_order(spec.account, spec.name)),
             now,
             floor=r.config.daemon.min_order_interval,
             ignore_retry=ctx.trigger == Trigger.CONFIG_CHANGE.value,

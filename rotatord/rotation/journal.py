@@ -1,11 +1,12 @@
 """The rotation journal: the persisted phase of each service's latest rotation.
 
-``journal.json`` is written (atomically, fsynced) before every step that changes what consumers
-see: before activation (``staged``, naming the new and the previous version), then after
-``activated``, ``published``, ``reloaded``, ``probed``, and at the end ``finished`` or
-``rolled_back``. A rotation found unfinished at start-up is resumed: the pair that is live gets
-its outputs, reloads and probe, so a kill between the flip and the reload never leaves a
-consumer serving the old certificate until it expires.
+``journal.json`` is written (atomically, fsynced) before activation (``staged``, naming the new
+and the previous version), after it (``activated``, right after its audit record), and at the end
+(``finished``, or ``rolling_back`` then ``rolled_back``). A rotation found unfinished at start-up
+is resumed: the pair that is live gets its outputs, reloads and probe — all of them, whichever
+step the kill interrupted — so a kill between the flip and the reload never leaves a consumer
+serving the old certificate until it expires. (``published``, ``reloaded`` and ``probed`` are
+still read from journals older daemons wrote; the audit log records those steps.)
 
 Rules: a journal write that fails *before* activation stops the rotation (we could not resume
 it); one that fails after only loses resumability, never the rotation itself.

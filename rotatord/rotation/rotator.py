@@ -36,7 +36,7 @@ from rotatord.rotation import journal
 from rotatord.rotation.book import BudgetLedger, StatusBook
 from rotatord.rotation.deploy import Deployer
 from rotatord.rotation.failure import record_deferred, record_failure, record_success
-from rotatord.rotation.installed import PublicCache, read_installed, service_store
+from rotatord.rotation.installed import PublicCache, service_store
 from rotatord.rotation.issue import IssueStep
 from rotatord.rotation.revoke import revoke as revoke_service
 from rotatord.rotation.state import Ctx, Installed, Outcome, Phase, RotationResult, Stage
@@ -130,7 +130,7 @@ class Rotator:
 
     def installed(self, name: str) -> Installed | None:
         """The service's current version without its key (planning, status), parsed once."""
-        return read_installed(self.plain_store(name), with_key=False, cache=self.public)
+        return self.public.current(self.plain_store(name))
 
     def decision(
         self,
@@ -293,7 +293,7 @@ class Rotator:
     def _complete(self, ctxs: Sequence[Ctx], *, rollback: bool) -> list[RotationResult]:
         activated = [c for c in ctxs if c.stage is Stage.ACTIVATED and c.deploy_error is None]
         try:
-            failures = self.deployer.deploy(activated, _new, "after_reload", journal.mark)
+            failures = self.deployer.deploy(activated, _new, "after_reload")
         except Exception as exc:  # noqa: BLE001 - an unexpected deploy error fails the batch
             failures = {c.spec.name: f"{type(exc).__name__}: {exc}" for c in activated}
         for c in activated:

@@ -134,6 +134,8 @@ class CertStore(Protocol):
       version. On ``StoreError`` the switch may or may not have happened: callers re-read
       ``current_version()``.
     - ``current_version()`` is cheap and never raises for a missing or foreign ``current``.
+      ``current_link`` is only ever replaced (a new link renamed over it), never changed in
+      place: a reader that finds its identity (``lstat``) unchanged may reuse what it read.
     - ``prune(keep)`` never removes the current version or the one before it (a rollback
       target); ``destroy_version`` overwrites the key before removing it.
     - ``read_status``/``read_journal`` return ``{}`` for anything missing or unreadable;
