@@ -6,6 +6,7 @@ every function is a table- and property-testable fact about its arguments.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -272,6 +273,7 @@ def budget_free_at(
     return max(waits) if waits else None
 
 
+@functools.lru_cache(maxsize=65_536)  # pure; planning asks it of every service every day
 def jitter_for(service: str, serial: int) -> float:
     """A stable jitter in [0, 1) per (service, certificate): restarts do not redraw it, and
     services issued in the same second still spread out."""

@@ -6,6 +6,7 @@ service and need no secret).
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import threading
@@ -108,6 +109,27 @@ class PublicCache:
                     self._current.clear()
                 self._current[link] = (ident, found)
         return found
+
+
+    def seed(self, store: CertStore, installed: Installed) -> None:
+        """Remember ``installed`` (just activated by us) as ``store``'s current version, so the
+        next plan does not parse again the certificate the rotation has just parsed."""
+        link = os.fspath(store.current_link)
+        try:
+            st = os.lstat(link)
+            live = store.current_version()
+        except OSError:
+            return
+        if live is None or live.name != installed.version.name:
+            return  # someone flipped it since: the next read finds out
+        plain = Installed(
+            installed.version, dataclasses.replace(installed.bundle, key_pem=b""), installed.info
+        )
+        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            if len(self._current) >= self._limit:
+                self._current.clear()
+            self._current[link] = (ident, plain)
 
 
 def read_installed(

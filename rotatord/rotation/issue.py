@@ -137,6 +137,7 @@ class IssueStep:
             raise
         previous = self._activate(ctx, version)
         ctx.new = Installed(version, bundle, info)
+        r.public.seed(store, ctx.new)
         ctx.stage = Stage.ACTIVATED
         audit.emit(
             "certificate_activated",
