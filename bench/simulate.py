@@ -492,8 +492,9 @@ class Simulation:
                 self.invalid_since.pop(name, None)
             elif self._spent(name, now):
                 # The CA's own limit (mirrored by the budget) forbids an order: the deferral is
-                # in status; being stuck counts from when an order is allowed again.
-                self.invalid_since[name] = now
+                # in status; being stuck counts from when an order is allowed again (not from
+                # this check: the next one may come only after the limit lifted).
+                self.invalid_since[name] = self._spent_until(name, now)
             else:
                 # Without a valid certificate for over an hour of *continuous* health: from
                 # when it became invalid or the last fault ended, whichever is later.
@@ -518,6 +519,20 @@ class Simulation:
             return True
         window = at - limits.orders_window
         return sum(1 for t in self._order_times if window < t <= at) >= limits.orders
+
+    def _spent_until(self, name: str, at: datetime) -> datetime:
+        """When the CA's limits that forbid an order for ``name`` at ``at`` lift."""
+        limits = self.world.config.acme["ca"].budget
+        names = tuple(sorted(self.world.config.services[name].domains))
+        until = at
+        for times, limit, window in (
+            (self._cert_times.get(names, ()), limits.certificates, limits.certificates_window),
+            (self._order_times, limits.orders, limits.orders_window),
+        ):
+            recent = sorted(t for t in times if at - window < t <= at)
+            if len(recent) >= limit:
+                until = max(until, recent[len(recent) - limit] + window)
+        return until
 
     def _check_after_start(self) -> None:
         now = self.clock.now()

@@ -1,5 +1,5 @@
-"""The ledger's one write per order: the order, the certificate it is to bring, and the
-service's last order (the minimum-interval guard's memory across a crash mid-order)."""
+"""The ledger's order write also holds the service's last order (the minimum-interval guard's
+memory across a crash mid-order); certificates count only once the CA issued them."""
 
 from __future__ import annotations
 
@@ -17,20 +17,16 @@ from tests.world import make_world, service
 LIMITS = BudgetLimits(certificates=2)
 
 
-def test_order_counts_its_certificate_and_a_failed_one_gives_it_back(tmp_path: Path) -> None:
+def test_one_order_write_holds_the_order_and_the_services_last_order(tmp_path: Path) -> None:
     w = make_world(tmp_path, [service("a")])
     now = w.clock.now()
     ledger = BudgetLedger(tmp_path / "state")
-    ledger.record_order("le", now, LIMITS, service="a", names=["a.example.test"])
+    ledger.record_order("le", now, LIMITS, service="a")
     on_disk = json.loads((tmp_path / "state" / "budget" / "le.json").read_text())
     assert on_disk["orders"] == [now.isoformat()]
-    assert on_disk["certificates"] == {"a.example.test": [now.isoformat()]}
+    assert on_disk["certificates"] == {}
     assert on_disk["last_order"] == {"a": now.isoformat()}
-    assert ledger.usage("le", ["a.example.test"], LIMITS, now)["certificates_used"] == 1
-
-    ledger.uncount_certificate("le", ["a.example.test"], now, LIMITS)
     again = BudgetLedger(tmp_path / "state")  # what a restarted daemon reads
-    assert again.usage("le", ["a.example.test"], LIMITS, now)["certificates_used"] == 0
     assert again.usage("le", ["a.example.test"], LIMITS, now)["orders_used"] == 1
     assert again.last_order("le", "a") == now
 
@@ -86,3 +82,26 @@ def test_a_crash_mid_order_still_spaces_the_next_automatic_order(tmp_path: Path)
     assert w.ca.order_count == orders + 1  # the killed order only
     w.clock.advance(rotator.config.daemon.min_order_interval)
     assert rotator.rotate("a", trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+
+
+def test_a_kill_before_the_ca_issued_counts_no_certificate(tmp_path: Path) -> None:
+    """Counting the certificate with the order would leave one counted per kill mid-order; with
+    6-day certificates and 5 per week a few kills would defer renewals past expiry."""
+    w = make_world(tmp_path, [service("a")])
+
+    class Killed(BaseException):
+        pass
+
+    def kill(_number: int) -> None:
+        raise Killed
+
+    w.ca.before_issue = kill
+    for _ in range(3):
+        with pytest.raises(Killed):
+            w.rotator.rotate("a", trigger=Trigger.MANUAL)
+        w.restart()
+    w.ca.before_issue = None
+    rotator = w.restart()
+    assert rotator.rotate("a", trigger=Trigger.MANUAL).outcome is Outcome.ROTATED
+    st = service_status(rotator, "a", w.clock.now())
+    assert st["budget"]["certificates_used"] == 1 and st["budget"]["orders_used"] == 4

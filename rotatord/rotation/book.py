@@ -10,7 +10,6 @@ Rules: no clock reads (``now`` is passed in); never raises for a disk that canno
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -193,30 +192,20 @@ class BudgetLedger:
         now: datetime,
         limits: BudgetLimits,
         service: str | None = None,
-        names: Sequence[str] | None = None,
     ) -> None:
         """Count an order before it is sent, durably: raises StoreError (and counts nothing)
         when the ledger cannot be written. An order whose count a crash could lose would let
         a restarted daemon exceed the CA's limits; and a state directory that cannot take the
         ledger could not take the certificate either.
 
-        One write holds all the order changes: ``service`` is remembered as the last to order
-        (the minimum-interval guard's memory), and with ``names`` the certificate the order is
-        to bring is counted now — ``uncount_certificate`` gives it back if the order fails. A
-        crash in between leaves it counted: the budget errs on the side of the CA's limits."""
-        cert = identifier_key(names) if names is not None else None
-        self._record(account, now, limits, order=True, cert=cert, strict=True, service=service)
+        The same write remembers ``service`` as the last to order: the minimum-interval
+        guard's memory across a crash mid-order, without a status write before every order."""
+        self._record(account, now, limits, order=True, strict=True, service=service)
 
     def record_certificate(
         self, account: str, names: Sequence[str], now: datetime, limits: BudgetLimits
     ) -> None:
         self._record(account, now, limits, cert=identifier_key(names))
-
-    def uncount_certificate(
-        self, account: str, names: Sequence[str], counted_at: datetime, limits: BudgetLimits
-    ) -> None:
-        """The order ``record_order`` counted at ``counted_at`` brought no certificate."""
-        self._record(account, counted_at, limits, uncount=identifier_key(names))
 
     def _record(
         self,
@@ -226,7 +215,6 @@ class BudgetLedger:
         *,
         order: bool = False,
         cert: str | None = None,
-        uncount: str | None = None,
         strict: bool = False,
         service: str | None = None,
     ) -> None:
@@ -257,12 +245,6 @@ class BudgetLedger:
                     if not certs[k]:
                         del certs[k]
                 certs.setdefault(cert, []).append(now.isoformat())
-            if uncount is not None:
-                mine = certs.get(uncount, [])
-                with contextlib.suppress(ValueError):
-                    mine.remove(now.isoformat())
-                if not mine:
-                    certs.pop(uncount, None)
             data = (json.dumps(doc, sort_keys=True) + "\n").encode()
         try:
             ensure_tree(self._dir, 0o700, self._ops)

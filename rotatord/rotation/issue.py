@@ -88,16 +88,16 @@ class IssueStep:
         issuer = r.issuer(spec.account)
         replaces = self._replaces(ctx, issuer)
         limits = r.config.acme[spec.account].budget
-        r.ledger.record_order(spec.account, now, limits, service=spec.name, names=spec.domains)
+        r.ledger.record_order(spec.account, now, limits, service=spec.name)
         r.book.note(store, last_order_at=now, last_attempt=now)
-        try:
-            issued = issuer.issue(csr, spec.domains, spec.challenge, replaces=replaces)
-        except Exception:
-            r.ledger.uncount_certificate(spec.account, spec.domains, now, limits)
-            raise
+        issued = issuer.issue(csr, spec.domains, spec.challenge, replaces=replaces)
         chain = keys.split_pem_chain(issued.cert_pem + issued.chain_pem)
         info = keys.cert_info(chain[0])
         issued_at = clock.now()
+        # Counted once the CA issued it, not with the order: a kill in between must not leave
+        # a certificate counted that was never issued (with 6-day certificates and the CA's
+        # 5 per week, a few such kills would hold renewals back until expiry).
+        r.ledger.record_certificate(spec.account, spec.domains, issued_at, limits)
         ctx.extra["issued_at"] = issued_at
         ctx.new_cert_fp = keys.cert_fingerprint(chain[0])
         audit.emit(

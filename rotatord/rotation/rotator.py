@@ -36,7 +36,7 @@ from rotatord.rotation import journal
 from rotatord.rotation.book import BudgetLedger, StatusBook
 from rotatord.rotation.deploy import Deployer
 from rotatord.rotation.failure import record_deferred, record_failure, record_success
-from rotatord.rotation.installed import PublicCache, service_store
+from rotatord.rotation.installed import PublicCache, read_version, service_store
 from rotatord.rotation.issue import IssueStep
 from rotatord.rotation.revoke import revoke as revoke_service
 from rotatord.rotation.state import Ctx, Installed, Outcome, Phase, RotationResult, Stage
@@ -337,6 +337,18 @@ class Rotator:
                     )
                     continue
             assert c.old is not None
+            if not c.old.bundle.key_pem:
+                # Read without its key (planning's cached copy): republishing needs the key.
+                full = read_version(c.store, c.old.version)
+                if full is None:
+                    with contextlib.suppress(AuditError):
+                        c.audit.emit(
+                            "alarm",
+                            problem="deployment failed; previous pair unreadable, new one stays",
+                            version=c.old.version.name,
+                        )
+                    continue
+                c.old = full
             journal.mark(c, Phase.ROLLING_BACK)
             c.rolled_back = True
             try:
