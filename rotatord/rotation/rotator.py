@@ -30,7 +30,7 @@ from rotatord.deploy.probe import Prober
 from rotatord.deploy.reload import Reloader
 from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.issuing import Issuer
-from rotatord.observe.audit import AuditSink, BoundAudit
+from rotatord.observe.audit import AuditSink, BoundAudit, deferred
 from rotatord.observe.logging import get_logger
 from rotatord.rotation import journal
 from rotatord.rotation.book import BudgetLedger, StatusBook
@@ -259,7 +259,8 @@ class Rotator:
             workers = max(1, min(max_workers or self.config.daemon.max_concurrent, len(live)))
 
             def issue(c: Ctx) -> None:
-                self._guard(c, lambda: self._issue.run(c, force, ari.get(c.spec.name)))
+                with c.audit.deferred():  # one fsync per phase; barriers in IssueStep.run
+                    self._guard(c, lambda: self._issue.run(c, force, ari.get(c.spec.name)))
 
             if workers > 1:
                 with ThreadPoolExecutor(workers, thread_name_prefix="issue") as pool:
@@ -291,9 +292,13 @@ class Rotator:
                 c.error = exc
 
     def _complete(self, ctxs: Sequence[Ctx], *, rollback: bool) -> list[RotationResult]:
+        with deferred(self._audit):  # records fsynced at each ``_mark`` and ``_finish``
+            return self._complete_deferred(ctxs, rollback=rollback)
+
+    def _complete_deferred(self, ctxs: Sequence[Ctx], *, rollback: bool) -> list[RotationResult]:
         activated = [c for c in ctxs if c.stage is Stage.ACTIVATED and c.deploy_error is None]
         try:
-            failures = self.deployer.deploy(activated, _new, "after_reload", journal.mark)
+            failures = self.deployer.deploy(activated, _new, "after_reload", _mark)
         except Exception as exc:  # noqa: BLE001 - an unexpected deploy error fails the batch
             failures = {c.spec.name: f"{type(exc).__name__}: {exc}" for c in activated}
         for c in activated:
@@ -337,7 +342,7 @@ class Rotator:
                     )
                     continue
             assert c.old is not None
-            journal.mark(c, Phase.ROLLING_BACK)
+            _mark(c, Phase.ROLLING_BACK)
             c.rolled_back = True
             try:
                 c.store.activate(c.old.version)
@@ -364,18 +369,23 @@ class Rotator:
                     c.audit.emit(
                         "alarm", problem="rollback did not restore service", error=c.rollback_error
                     )
-            journal.mark(c, Phase.ROLLED_BACK)
+            _mark(c, Phase.ROLLED_BACK)
 
     # ------------------------------------------------------------------ finish
 
     def _finish(self, c: Ctx) -> RotationResult:
         try:
-            return self._finish_one(c)
+            result = self._finish_one(c)
         except Exception as exc:
             log.exception("rotation_finish_failed", service=c.spec.name, error=str(exc))
-            return record_failure(
+            result = record_failure(
                 c, exc, Outcome.FAILED, clock=self._clock, book=self.book, daemon=self._daemon()
             )
+        try:
+            c.audit.sync()  # the rotation's last records, before its result is reported
+        except AuditError as exc:
+            log.error("audit_unwritable", service=c.spec.name, error=str(exc))
+        return result
 
     def _daemon(self) -> Any:
         return self.config.daemon
@@ -399,7 +409,7 @@ class Rotator:
             )
         if c.stage is Stage.ACTIVATED:
             if not c.rolled_back:
-                journal.mark(c, Phase.FINISHED)
+                _mark(c, Phase.FINISHED)
             try:
                 self._prune(c)
             except AuditError as audit_exc:
@@ -422,6 +432,12 @@ class Rotator:
             return
         for v in removed:
             ctx.audit.emit("key_destroyed", version=v.name, why="pruned")
+
+
+def _mark(c: Ctx, phase: Phase) -> None:
+    """A journal mark says the steps before it are recorded: make their records durable."""
+    c.audit.sync()
+    journal.mark(c, phase)
 
 
 def _new(c: Ctx) -> Installed:
