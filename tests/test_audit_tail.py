@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from rotatord.clock import FakeClock
-from rotatord.observe import tail as tail_mod
+from rotatord.observe import sealkey
 from rotatord.observe.audit import GENESIS, AuditLog
-from rotatord.observe.sealkey import new_initial_key
+from rotatord.observe.record import encode
+from rotatord.observe.sealkey import load_verification_key, new_initial_key, write_verification_key
 from rotatord.observe.verify import verify_chain, verify_sealed
 from rotatord.rotation import Rotator
 from rotatord.rotation import journal as journal_mod
@@ -75,7 +76,7 @@ def test_an_append_to_a_file_it_wrote_last_reads_nothing_back(
         reads.append(n)
         return real(fd, n, offset)
 
-    monkeypatch.setattr(tail_mod.os, "pread", pread)
+    monkeypatch.setattr(os, "pread", pread)  # the tail module reads with os.pread
     for i in range(50):
         audit.emit("rotation_started", service=f"s{i}")
     assert reads == []
@@ -151,8 +152,6 @@ def test_a_forged_seal_on_the_last_record_is_alarmed(tmp_path: Path) -> None:
     doc = json.loads(lines[-1])
     doc["service"] = "evil"
     doc.pop("hash")
-    from rotatord.observe.record import encode
-
     forged, _ = encode({k: v for k, v in doc.items() if k != "mac"}, None)
     forged = forged[:-2] + f',"mac":"{doc["mac"]}"}}\n'.encode()
     path.write_bytes(b"".join(lines[:-1]) + forged)
@@ -193,21 +192,19 @@ def test_an_epoch_closing_inside_deferred_is_durable_before_the_key_evolves(
 ) -> None:
     """The epoch's records and its seal record are fsynced before the old key is destroyed,
     deferred or not; the sealed log verifies."""
-    from rotatord.observe import audit as audit_mod
-    from rotatord.observe.sealkey import load_verification_key, write_verification_key
 
     clock, host, k0 = FakeClock(), tmp_path / "seal.key", new_initial_key()
     write_verification_key(tmp_path / "v.key", k0, clock.now())
     audit = AuditLog(fsyncs.path, clock, echo=False, seal_key=host, epoch_records=3)
     audit.start_sealing(k0)
     at_evolve: list[int] = []
-    real = audit_mod.evolve_host_key
+    real = sealkey.evolve_host_key
 
     def evolve(*args: Any) -> Any:
         at_evolve.append(fsyncs.pending())
         return real(*args)
 
-    monkeypatch.setattr(audit_mod, "evolve_host_key", evolve)
+    monkeypatch.setattr("rotatord.observe.audit.evolve_host_key", evolve)
     with audit.deferred():
         for i in range(7):
             audit.emit("reload_succeeded", n=i)
