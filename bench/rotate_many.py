@@ -285,6 +285,8 @@ def rotatord_config(
                 "directory": directory_url,
                 "ca_bundle": str(ca_bundle),
                 "trust_roots_url": roots_url_for(ca_bundle),
+                # A private test CA: the default budget (300 orders / 3 h) would defer the batch.
+                "budget": {"orders": 1_000_000, "certificates": 1_000_000},
             }
         },
         "services": {
