@@ -39,6 +39,7 @@ from rotatord.fsutil import (
     read_file_nofollow,
     temp_name,
     write_new_file,
+    write_new_files,
     zero_file,
 )
 from rotatord.store import VERSION_RE, Bundle
@@ -129,8 +130,7 @@ def _publish_version(
             ("chain.pem", bundle.chain_pem, 0o644),
             ("fullchain.pem", bundle.fullchain_pem, 0o644),
         )
-        for name, data, mode in files:
-            write_new_file(root.at(tmp) / name, data, mode, ops, uid, gid)
+        write_new_files([(root.at(tmp) / n, d, m, uid, gid) for n, d, m in files], ops)
         ops.fsync_dir(root.at(tmp))
         ops.rename(root.at(tmp), root.at(version))
         ops.fsync(root.fd)

@@ -6,7 +6,11 @@ Rules: the account key and the EAB secret are never logged or put in an error me
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from acme import messages
@@ -29,6 +33,20 @@ def load_or_create_key(account_dir: Path) -> JWKEC:
     if not isinstance(key, JWKEC):
         raise IssuanceError(f"{path}: account key is not an EC key", retryable=False)
     return key
+
+
+@contextlib.contextmanager
+def registration_lock(account_dir: Path) -> Iterator[None]:
+    """Held while one process looks for the account and registers it if there is none, so a
+    daemon and a one-shot CLI run on a fresh state dir register one account, not two (an
+    flock on the account directory itself: no lock file to leave behind)."""
+    ensure_tree(account_dir, 0o700)
+    fd = os.open(account_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load_uri(account_dir: Path, directory: str) -> str | None:

@@ -82,6 +82,7 @@ class AcmeIssuer:
         self._directory: messages.Directory | None = None
         self._key: JWKEC | None = None
         self._account_uri: str | None = None
+        self._registering = threading.Lock()  # one newAccount at a time (see _register)
         # Idle networks (a requests session with its open connection and a pool of unused
         # nonces). Reusing them saves a TLS handshake and a HEAD newNonce per order; each one
         # is used by one thread at a time, because acme's nonce set is not thread-safe.
@@ -180,31 +181,36 @@ class AcmeIssuer:
                 return self._account_uri
         return account.load_uri(self._account_dir, self.spec.directory)
 
-    def _register(self, client: ClientV2) -> str:
-        reg = account.new_registration(self.spec, self._account_key(), client.directory)
-        # newAccount must be signed with the JWK, not a kid: forget any account we thought we had
-        # (after a CA lost our account, the stale kid would be rejected as "No JWK in JWS header").
-        client.net.account = None
-        try:
-            regr = client.new_account(reg)
-            uri = regr.uri
-        except errors.ConflictError as exc:
-            uri = exc.location  # the key is already registered: that account is ours
-        client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        account.save_uri(self._account_dir, uri, self.spec.directory)
+    def _use(self, client: ClientV2, uri: str) -> str:
         with self._lock:
             self._account_uri = uri
-        log.info("acme_account_registered", account=self.spec.name, uri=uri)
+        client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
         return uri
+
+    def _register(self, client: ClientV2, stale: str | None = None) -> str:
+        """Register, unless another worker did while this one waited for the lock: concurrent
+        first orders (or workers all told the CA forgot ``stale``) share one account."""
+        with self._registering, account.registration_lock(self._account_dir):
+            known = self._load_account_uri()
+            if known is not None and known != stale:
+                return self._use(client, known)
+            reg = account.new_registration(self.spec, self._account_key(), client.directory)
+            # Signed with the JWK, not a kid: a CA that lost the account rejects its stale kid.
+            client.net.account = None
+            try:
+                uri = client.new_account(reg).uri
+            except errors.ConflictError as exc:
+                uri = exc.location  # the key is already registered: that account is ours
+            account.save_uri(self._account_dir, uri, self.spec.directory)
+            log.info("acme_account_registered", account=self.spec.name, uri=uri)
+            return self._use(client, uri)
 
     def _ensure_account(self, client: ClientV2) -> None:
         uri = self._load_account_uri()
         if uri is None:
             self._register(client)
-            return
-        with self._lock:
-            self._account_uri = uri
-        client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+        else:
+            self._use(client, uri)
 
     def _with_account(self, client: ClientV2, fn: Callable[[], T]) -> T:
         """Run ``fn``; if the CA says our account does not exist, register again and retry once."""
@@ -217,9 +223,10 @@ class AcmeIssuer:
             ):
                 raise
             log.warning("acme_account_unknown", account=self.spec.name, problem=exc.typ)
+            stale = client.net.account.uri if client.net.account is not None else None
             with self._lock:
                 self._account_uri = None
-            self._register(client)
+            self._register(client, stale)
             return fn()
 
     def _sleep_schedule(self, attempt: int, retry_after: datetime | None, deadline: float) -> None:
@@ -327,8 +334,7 @@ class AcmeIssuer:
             )
             if challb is None or not isinstance(challb.chall, challenges.KeyAuthorizationChallenge):
                 raise IssuanceError(
-                    f"CA offers no {solver.challenge_type} challenge for "
-                    f"{authz.identifier.value}",
+                    f"CA offers no {solver.challenge_type} challenge for {authz.identifier.value}",
                     retryable=False,
                 )
             tasks.append(

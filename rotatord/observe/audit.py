@@ -14,9 +14,26 @@ with an ``audit_sealed`` record once it holds ``epoch_records`` records, or hold
 from its main loop, and at a clean stop); then the key is evolved and the old one destroyed, so
 an intruder who takes the host later cannot forge any closed epoch (``verify_sealed``).
 
-Appends take an flock on the file and read the previous hash from its last line (however long
-that line is), so two processes appending to one file (the daemon and a one-shot CLI run) still
-produce one valid chain; the host key is only read and evolved under that flock.
+Appends take an flock on the file. The previous hash and the sealing position are kept in
+memory with the identity of the file they describe (device, inode, size, mtime), so an append
+costs the same on a 100 MB log as on an empty one (the small host key is read at each append,
+under the flock, since another process may evolve or replace it).
+When the file is not the one this object last wrote (first append, a log moved aside or
+truncated by logrotate, another process such as a one-shot CLI run appended), the tail is read
+again from the file's last line (however long it is), a torn last line is cut back, and the
+last record's hash (and, in the current epoch, its mac) is checked once; a mismatch is
+recorded as an ``alarm`` and the chain goes on from the hash the line claims, so the verifier
+still names the edited line.
+
+**Grouped fsyncs** (``deferred``): inside ``with deferred(sink):`` records are written at once
+(so the chain, the order and other readers see them) but fsynced together when the block ends
+or at ``sync(sink)``. Durability rule for callers: ``sync`` before any step whose effect must
+not outlive a lost record, that is before a key or CSR leaves the process (the order), before
+a key reaches the disk (staging) and before every journal mark (recovery reads a journal phase
+as "the records of the steps before it exist"). A record that is only lost by a crash *after*
+its effect and before the next barrier is then the same as a crash just before its emit, which
+recovery already handles. An epoch's seal always fsyncs everything pending before the key is
+evolved (a lost record there would break a closed epoch).
 
 If a record cannot be written, ``AuditError`` is raised: callers must stop the key operation,
 because no key event may go unrecorded. Nothing is refused for its content: ``sanitize`` bounds
@@ -28,13 +45,12 @@ a record, a message or a log line.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -54,10 +70,11 @@ from rotatord.observe.sealkey import (
     host_key_path,
     load_host_key,
 )
+from rotatord.observe.tail import FileId, Tail, file_id, read_tail, repair_torn_tail, tail_problem
 from rotatord.observe.verify import ChainResult, verify_chain
 
 __all__ = ["EVENTS", "GENESIS", "AuditLog", "AuditSink", "BoundAudit", "ChainResult"]
-__all__ += ["open_audit", "verify_chain"]
+__all__ += ["deferred", "open_audit", "sync", "verify_chain"]
 
 EVENTS = frozenset(
     {
@@ -93,7 +110,6 @@ EVENTS = frozenset(
 )
 EPOCH_RECORDS = 64
 EPOCH_SECONDS = 300
-_CHUNK = 64 * 1024
 
 log = get_logger("rotatord.audit")
 
@@ -101,71 +117,15 @@ log = get_logger("rotatord.audit")
 class AuditSink(Protocol):
     """Records key-lifecycle events.
 
-    Contract: ``emit`` returns only after the record is durable (or raises ``AuditError``); it
+    Contract: ``emit`` returns only after the record is durable (or raises ``AuditError``),
+    except inside the sink's ``deferred()`` block, where it is durable at the next ``sync()`` or
+    the block's end (a sink without those methods is always durable: see ``deferred``); it
     never writes key material and never drops a record for its content (offending values are
     replaced by fingerprints, long ones truncated with a marker); event names come from
     ``EVENTS``.
     """
 
     def emit(self, event: str, **fields: Any) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Tail:
-    """What the next record needs to know about the last one in the file."""
-
-    prev: str = GENESIS
-    sealed: bool = False  # the last record carries a mac
-    epoch: int | None = None
-    seq: int | None = None
-    closes_epoch: bool = False  # the last record is an audit_sealed
-
-    def count_in(self, state: SealState) -> int:
-        """Records already in ``state``'s epoch."""
-        if not self.sealed or self.epoch != state.epoch or self.closes_epoch:
-            return 0
-        return (self.seq or 0) + 1
-
-
-def _line_start(fd: int, end: int) -> int:
-    """Offset of the line that ends at ``end`` (exclusive, at a newline or EOF): reads back in
-    chunks until the newline before it, so no record is too long to chain onto."""
-    pos = end
-    while pos > 0:
-        start = max(0, pos - _CHUNK)
-        cut = os.pread(fd, pos - start, start).rfind(b"\n")
-        if cut >= 0:
-            return start + cut + 1
-        pos = start
-    return 0
-
-
-def _read_tail(fd: int) -> _Tail:
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return _Tail()
-    start = _line_start(fd, size - 1)
-    last = os.pread(fd, size - start, start)
-    try:
-        record = json.loads(last)
-        digest = record["hash"]
-        if not isinstance(digest, str):
-            raise TypeError("hash")
-    except (ValueError, KeyError, TypeError) as exc:
-        # Never chain onto a complete line we cannot read: that is tampering, or a log
-        # from another program or an older format (move it aside to start a new one).
-        raise AuditError(
-            "the audit log's last line is not a sealed rotatord record; "
-            "move the file aside to start a new chain"
-        ) from exc
-    epoch, seq = record.get("epoch"), record.get("seq")
-    return _Tail(
-        prev=digest,
-        sealed="mac" in record,
-        epoch=epoch if isinstance(epoch, int) else None,
-        seq=seq if isinstance(seq, int) else None,
-        closes_epoch=record.get("event") == SEAL_EVENT,
-    )
 
 
 class AuditLog:
@@ -188,6 +148,9 @@ class AuditLog:
         self._epoch_records = epoch_records
         self._epoch_length = timedelta(seconds=epoch_seconds)
         self._lock = threading.Lock()
+        self._known: tuple[FileId, Tail] | None = None  # the file as this object left it
+        self._pending: int | None = None  # a dup of a descriptor with unsynced records
+        self._local = threading.local()
 
     def _open(self) -> int:
         try:
@@ -203,31 +166,15 @@ class AuditLog:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(fd)
             raise AuditError(f"{self.path}: not a regular file with one link; refusing to append")
-        os.fchmod(fd, 0o600)
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
         return fd
 
-    def _repair_torn_tail(self, fd: int) -> dict[str, Any] | None:
-        """A kill during an append can leave a last line without its newline (a torn write).
-        Cut it back to the last complete record and return what was dropped, so the caller
-        records an ``alarm`` about it; refusing to append would stop every rotation forever."""
-        size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-            return None
-        keep = _line_start(fd, size)
-        digest, pos = hashlib.sha256(), keep
-        while pos < size:
-            chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
-            digest.update(chunk)
-            pos += len(chunk)
-        os.ftruncate(fd, keep)
-        os.fsync(fd)
-        return {
-            "problem": "torn audit record removed (a write was interrupted)",
-            "dropped_bytes": size - keep,
-            "dropped_sha256": digest.hexdigest(),
-        }
+    def _evolve(self, state: SealState) -> SealState:
+        assert self.seal_key is not None
+        return evolve_host_key(self.seal_key, state, self._clock.now())
 
-    def _seal_state(self, tail: _Tail) -> SealState | None:
+    def _seal_state(self, tail: Tail) -> SealState | None:
         if self.seal_key is None:
             return None
         state = load_host_key(self.seal_key)
@@ -245,12 +192,19 @@ class AuditLog:
             )
         if tail.closes_epoch and tail.epoch == state.epoch:
             # A kill between an epoch's seal record and the key's evolution: finish it now.
-            state = evolve_host_key(self.seal_key, state, self._clock.now())
+            state = self._evolve(state)
         return state
 
     def _append(
-        self, fd: int, event: str, fields: Mapping[str, Any], tail: _Tail, state: SealState | None
-    ) -> _Tail:
+        self,
+        fd: int,
+        event: str,
+        fields: Mapping[str, Any],
+        tail: Tail,
+        state: SealState | None,
+        *,
+        durable: bool = True,
+    ) -> Tail:
         record: dict[str, Any] = {
             "ts": self._clock.now().isoformat(),
             "event": event,
@@ -272,11 +226,23 @@ class AuditLog:
         view = memoryview(line)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            self._sync_pending()
+            os.fsync(fd)
+        elif self._pending is None:
+            self._pending = os.dup(fd)  # the log may be moved aside before the sync
         epoch = state.epoch if state is not None else None
-        return _Tail(digest, state is not None, epoch, seq, event == SEAL_EVENT)
+        return Tail(digest, state is not None, epoch, seq, event == SEAL_EVENT)
 
-    def _due(self, tail: _Tail, state: SealState, *, now: bool = False) -> bool:
+    def _sync_pending(self) -> None:
+        fd, self._pending = self._pending, None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _due(self, tail: Tail, state: SealState, *, now: bool = False) -> bool:
         count = tail.count_in(state)
         if count == 0:
             return False
@@ -284,41 +250,93 @@ class AuditLog:
             return True
         return self._clock.now() - state.opened >= self._epoch_length
 
-    def _close_epoch(self, fd: int, tail: _Tail, state: SealState) -> tuple[_Tail, SealState]:
-        """Write the epoch's seal record, then evolve the key (destroying the old one)."""
-        assert self.seal_key is not None
+    def _close_epoch(self, fd: int, tail: Tail, state: SealState) -> tuple[Tail, SealState]:
+        """Write the epoch's seal record and fsync it with every record still pending, then
+        evolve the key (destroying the old one)."""
         tail = self._append(fd, SEAL_EVENT, {"records": tail.count_in(state)}, tail, state)
         if self._echo:
             log.info(SEAL_EVENT, audit=True, epoch=state.epoch)
-        return tail, evolve_host_key(self.seal_key, state, self._clock.now())
+        return tail, self._evolve(state)
+
+    def _tail_at_open(self, fd: int) -> tuple[Tail, SealState | None, list[dict[str, Any]]]:
+        """Read and check the file's tail: the once-per-open work an unchanged file skips."""
+        alarms: list[dict[str, Any]] = []
+        torn = repair_torn_tail(fd)
+        if torn is not None:
+            alarms.append(torn)
+        tail, record = read_tail(fd)
+        state = self._seal_state(tail)
+        if record is not None:
+            problem = tail_problem(record, tail, state)
+            if problem is not None:
+                alarms.append({"problem": problem, "last_hash": tail.prev})
+        return tail, state, alarms
 
     def _locked(self, body: Any, *, starting: bool = False) -> None:
-        """Run ``body(fd, tail, state)`` holding the thread lock and the file's flock."""
+        """Run ``body(fd, tail, state) -> tail`` holding the thread lock and the file's flock."""
         with self._lock:
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                torn = self._repair_torn_tail(fd)
-                tail = _read_tail(fd)
-                state = None if starting else self._seal_state(tail)
-                if torn is not None:
-                    tail = self._append(fd, "alarm", torn, tail, state)
-                    log.warning("audit_torn_record_removed", **torn)
-                body(fd, tail, state)
+                ident = file_id(os.fstat(fd))
+                known, self._known = self._known, None  # until this append is complete
+                alarms: list[dict[str, Any]] = []
+                if known is not None and known[0] == ident:
+                    tail = known[1]
+                    state = None if starting else self._seal_state(tail)
+                elif starting:
+                    torn = repair_torn_tail(fd)
+                    alarms = [torn] if torn is not None else []
+                    tail, state = read_tail(fd)[0], None
+                else:
+                    tail, state, alarms = self._tail_at_open(fd)
+                for alarm in alarms:
+                    tail = self._append(fd, "alarm", alarm, tail, state)
+                    log.warning("audit_tail_alarm", **alarm)
+                tail = body(fd, tail, state)
+                self._known = (file_id(os.fstat(fd)), tail)
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write audit record: {exc.strerror}") from exc
             finally:
+                # Unlock explicitly: a pending dup shares this open file and would keep the flock.
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+
+    def _deferring(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Records this thread emits inside are fsynced together at the end (see the module
+        doc for when a caller must ``sync`` earlier). Nests; other threads are unaffected."""
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            if self._local.depth == 0:
+                self.sync()
+
+    def sync(self) -> None:
+        """Make every record written so far durable (a no-op when none is pending)."""
+        with self._lock:
+            try:
+                self._sync_pending()
+            except OSError as exc:
+                self._known = None  # read the tail again: the file may not hold what we wrote
+                raise AuditError(f"{self.path}: cannot sync audit records: {exc.strerror}") from exc
 
     def emit(self, event: str, **fields: Any) -> None:
         if event not in EVENTS:
             raise AuditError(f"unknown audit event {event!r}")
         clean = sanitize(fields)
+        durable = not self._deferring()
 
-        def body(fd: int, tail: _Tail, state: SealState | None) -> None:
+        def body(fd: int, tail: Tail, state: SealState | None) -> Tail:
             if state is not None and self._due(tail, state):
                 tail, state = self._close_epoch(fd, tail, state)
-            self._append(fd, event, clean, tail, state)
+            return self._append(fd, event, clean, tail, state, durable=durable)
 
         self._locked(body)
         if self._echo:
@@ -330,9 +348,10 @@ class AuditLog:
         if self.seal_key is None:
             return
 
-        def body(fd: int, tail: _Tail, state: SealState | None) -> None:
+        def body(fd: int, tail: Tail, state: SealState | None) -> Tail:
             if state is not None and self._due(tail, state, now=force):
-                self._close_epoch(fd, tail, state)
+                tail, _state = self._close_epoch(fd, tail, state)
+            return tail
 
         self._locked(body)
 
@@ -345,15 +364,15 @@ class AuditLog:
         seal_key = self.seal_key
         started: list[str] = []
 
-        def body(fd: int, tail: _Tail, _state: SealState | None) -> None:
+        def body(fd: int, tail: Tail, _state: SealState | None) -> Tail:
             state = create_host_key(seal_key, initial_key, self._clock.now())
             policy = {
                 "epoch_records": self._epoch_records,
                 "epoch_seconds": int(self._epoch_length.total_seconds()),
             }
             clean = sanitize({"key_id": state.key_id, **policy, **fields})
-            self._append(fd, START_EVENT, clean, tail, state)
             started.append(state.key_id)
+            return self._append(fd, START_EVENT, clean, tail, state)
 
         self._locked(body, starting=True)
         return started[0]
@@ -375,3 +394,23 @@ class BoundAudit:
 
     def emit(self, event: str, **fields: Any) -> None:
         self.sink.emit(event, **{**self.context, **fields})
+
+    def deferred(self) -> contextlib.AbstractContextManager[None]:
+        return deferred(self.sink)
+
+    def sync(self) -> None:
+        sync(self.sink)
+
+
+def deferred(sink: AuditSink) -> contextlib.AbstractContextManager[None]:
+    """``sink``'s grouped-fsync block (``AuditLog.deferred``); a sink without one (a test
+    recorder) keeps every record as durable as it always was."""
+    block = getattr(sink, "deferred", None)
+    return block() if block is not None else contextlib.nullcontext()
+
+
+def sync(sink: AuditSink) -> None:
+    """A durability barrier: every record ``sink`` took so far is durable on return."""
+    barrier = getattr(sink, "sync", None)
+    if barrier is not None:
+        barrier()

@@ -44,6 +44,13 @@ def read_version(store: CertStore, version: Version, *, with_key: bool = True) -
     return Installed(version, bundle, keys.cert_info(leaf))
 
 
+def with_key(store: CertStore, installed: Installed) -> Installed | None:
+    """``installed`` with its private key (read now if it was read without), or None."""
+    if installed.bundle.key_pem:
+        return installed
+    return read_version(store, installed.version)
+
+
 class PublicCache:
     """Key-less reads of versions, parsed once.
 

@@ -85,6 +85,10 @@ class IssueStep:
         csr = keys.make_csr(key, spec.domains)
         fingerprint = keys.public_key_fingerprint(key)
         audit.emit("csr_created", key_fingerprint=fingerprint, names=list(spec.domains))
+        # Barriers (``audit.sync``) where a record must be durable before the step it describes
+        # takes effect; between them the records of this rotation share one fsync (the caller
+        # runs it inside ``audit.deferred()``). Here: the CSR leaves the process with the order.
+        audit.sync()
         issuer = r.issuer(spec.account)
         replaces = self._replaces(ctx, issuer)
         limits = r.config.acme[spec.account].budget
@@ -112,6 +116,7 @@ class IssueStep:
             replaces=issued.replaces,
         )
         keys.verify_bundle(key, chain, spec.domains, clock.now())
+        audit.sync()  # the key and its certificate reach the disk next
         bundle = Bundle(
             key_pem=keys.private_key_pem(key),
             cert_pem=issued.cert_pem,
@@ -146,16 +151,17 @@ class IssueStep:
             previous_version=previous.name if previous else None,
             key_fingerprint=fingerprint,
         )
-        # Right after its audit record: a journal past ``staged`` for the live version tells
-        # recovery the activation was recorded (a kill before it: recovery records it). Resume
-        # goes by which version is live, so ``staged`` with this version live resumes too.
-        journal.mark(ctx, Phase.ACTIVATED)
-        if ctx.old is not None:
+        if ctx.old is not None:  # superseded by the same flip: recorded with the activation
             audit.emit(
                 "certificate_superseded",
                 serial=ctx.old.info.serial_hex,
                 version=ctx.old.version.name,
             )
+        # Right after its (durable) audit record: a journal past ``staged`` for the live version
+        # tells recovery the activation was recorded (a kill before it: recovery records it).
+        # Resume goes by which version is live, so ``staged`` with this version live resumes too.
+        audit.sync()
+        journal.mark(ctx, Phase.ACTIVATED)
 
     def _held_back(self, ctx: Ctx, decision: policy.Decision, force: bool, now: datetime) -> bool:
         """Apply the budget (every trigger) and, for automatic triggers, the loop invariants."""

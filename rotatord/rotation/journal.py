@@ -83,3 +83,9 @@ def mark(ctx: Ctx, phase: Phase) -> None:
         ctx.store.write_journal(doc)
     except StoreError as exc:
         log.error("journal_unwritable", service=ctx.spec.name, phase=phase.value, error=str(exc))
+
+
+def mark_synced(ctx: Ctx, phase: Phase) -> None:
+    """A journal mark says the steps before it are recorded: make their records durable."""
+    ctx.audit.sync()
+    mark(ctx, phase)

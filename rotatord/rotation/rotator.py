@@ -30,16 +30,25 @@ from rotatord.deploy.probe import Prober
 from rotatord.deploy.reload import Reloader
 from rotatord.fsutil import DEFAULT_OPS, FsOps
 from rotatord.issuing import Issuer
-from rotatord.observe.audit import AuditSink, BoundAudit
+from rotatord.observe.audit import AuditSink, BoundAudit, deferred
 from rotatord.observe.logging import get_logger
 from rotatord.rotation import journal
 from rotatord.rotation.book import BudgetLedger, StatusBook
 from rotatord.rotation.deploy import Deployer
 from rotatord.rotation.failure import record_deferred, record_failure, record_success
-from rotatord.rotation.installed import PublicCache, read_version, service_store
+from rotatord.rotation.installed import PublicCache, service_store, with_key
 from rotatord.rotation.issue import IssueStep
 from rotatord.rotation.revoke import revoke as revoke_service
-from rotatord.rotation.state import Ctx, Installed, Outcome, Phase, RotationResult, Stage
+from rotatord.rotation.state import (
+    Ctx,
+    Installed,
+    Outcome,
+    Phase,
+    RotationResult,
+    Stage,
+    new_pair,
+    old_pair,
+)
 from rotatord.store import ServiceStore
 
 log = get_logger("rotatord.rotation")
@@ -259,7 +268,8 @@ class Rotator:
             workers = max(1, min(max_workers or self.config.daemon.max_concurrent, len(live)))
 
             def issue(c: Ctx) -> None:
-                self._guard(c, lambda: self._issue.run(c, force, ari.get(c.spec.name)))
+                with c.audit.deferred():  # one fsync per phase; barriers in IssueStep.run
+                    self._guard(c, lambda: self._issue.run(c, force, ari.get(c.spec.name)))
 
             if workers > 1:
                 with ThreadPoolExecutor(workers, thread_name_prefix="issue") as pool:
@@ -291,9 +301,13 @@ class Rotator:
                 c.error = exc
 
     def _complete(self, ctxs: Sequence[Ctx], *, rollback: bool) -> list[RotationResult]:
+        with deferred(self._audit):  # fsynced at each ``mark_synced`` and ``_finish``
+            return self._complete_deferred(ctxs, rollback=rollback)
+
+    def _complete_deferred(self, ctxs: Sequence[Ctx], *, rollback: bool) -> list[RotationResult]:
         activated = [c for c in ctxs if c.stage is Stage.ACTIVATED and c.deploy_error is None]
         try:
-            failures = self.deployer.deploy(activated, _new, "after_reload")
+            failures = self.deployer.deploy(activated, new_pair, "after_reload")
         except Exception as exc:  # noqa: BLE001 - an unexpected deploy error fails the batch
             failures = {c.spec.name: f"{type(exc).__name__}: {exc}" for c in activated}
         for c in activated:
@@ -337,19 +351,13 @@ class Rotator:
                     )
                     continue
             assert c.old is not None
-            if not c.old.bundle.key_pem:
-                # Read without its key (planning's cached copy): republishing needs the key.
-                full = read_version(c.store, c.old.version)
-                if full is None:
-                    with contextlib.suppress(AuditError):
-                        c.audit.emit(
-                            "alarm",
-                            problem="deployment failed; previous pair unreadable, new one stays",
-                            version=c.old.version.name,
-                        )
-                    continue
-                c.old = full
-            journal.mark(c, Phase.ROLLING_BACK)
+            full = with_key(c.store, c.old)  # republishing needs the key planning never read
+            if full is None:
+                with contextlib.suppress(AuditError):
+                    c.audit.emit("alarm", problem="previous pair unreadable, new one stays")
+                continue
+            c.old = full
+            journal.mark_synced(c, Phase.ROLLING_BACK)
             c.rolled_back = True
             try:
                 c.store.activate(c.old.version)
@@ -357,7 +365,7 @@ class Rotator:
                 c.rollback_error = str(exc)
                 continue
             rolled.append(c)
-        failures = self.deployer.deploy(rolled, _old, "after_rollback")
+        failures = self.deployer.deploy(rolled, old_pair, "after_rollback")
         for c in [c for c in ctxs if c.rolled_back]:
             assert c.old is not None
             c.rollback_error = c.rollback_error or failures.get(c.spec.name)
@@ -376,18 +384,23 @@ class Rotator:
                     c.audit.emit(
                         "alarm", problem="rollback did not restore service", error=c.rollback_error
                     )
-            journal.mark(c, Phase.ROLLED_BACK)
+            journal.mark_synced(c, Phase.ROLLED_BACK)
 
     # ------------------------------------------------------------------ finish
 
     def _finish(self, c: Ctx) -> RotationResult:
         try:
-            return self._finish_one(c)
+            result = self._finish_one(c)
         except Exception as exc:
             log.exception("rotation_finish_failed", service=c.spec.name, error=str(exc))
-            return record_failure(
+            result = record_failure(
                 c, exc, Outcome.FAILED, clock=self._clock, book=self.book, daemon=self._daemon()
             )
+        try:
+            c.audit.sync()  # the rotation's last records, before its result is reported
+        except AuditError as exc:
+            log.error("audit_unwritable", service=c.spec.name, error=str(exc))
+        return result
 
     def _daemon(self) -> Any:
         return self.config.daemon
@@ -411,7 +424,7 @@ class Rotator:
             )
         if c.stage is Stage.ACTIVATED:
             if not c.rolled_back:
-                journal.mark(c, Phase.FINISHED)
+                journal.mark_synced(c, Phase.FINISHED)
             try:
                 self._prune(c)
             except AuditError as audit_exc:
@@ -435,12 +448,3 @@ class Rotator:
         for v in removed:
             ctx.audit.emit("key_destroyed", version=v.name, why="pruned")
 
-
-def _new(c: Ctx) -> Installed:
-    assert c.new is not None
-    return c.new
-
-
-def _old(c: Ctx) -> Installed:
-    assert c.old is not None
-    return c.old

@@ -129,3 +129,13 @@ class Ctx:
     @property
     def new_serial(self) -> str | None:
         return self.new.info.serial_hex if self.new else None
+
+
+def new_pair(c: Ctx) -> Installed:
+    assert c.new is not None
+    return c.new
+
+
+def old_pair(c: Ctx) -> Installed:
+    assert c.old is not None
+    return c.old

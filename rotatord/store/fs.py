@@ -44,7 +44,7 @@ from rotatord.fsutil import (
     read_file_nofollow,
     refuse_symlink,
     temp_name,
-    write_new_file,
+    write_new_files,
     zero_file,
 )
 from rotatord.store.port import Bundle, RecoveryReport, Version
@@ -255,8 +255,7 @@ class ServiceStore:
                 (FULLCHAIN_FILE, bundle.fullchain_pem, PUBLIC_MODE, -1),
                 (META_FILE, meta_to_json(bundle.meta, extra_meta), PUBLIC_MODE, -1),
             )
-            for name, data, mode, gid in files:
-                write_new_file(tmp / name, data, mode, self._ops, gid=gid)
+            write_new_files([(tmp / n, d, m, -1, g) for n, d, m, g in files], self._ops)
             self._ops.fsync_dir(tmp)
             final = self.versions_dir / self._version_name(bundle.meta)
             self._ops.rename(tmp, final)
