@@ -43,10 +43,11 @@ class Installed:
 def run(
     argv: list[str | Path], timeout: float = 120, **kw: object
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    done: subprocess.CompletedProcess[str] = subprocess.run(
         [str(a) for a in argv], capture_output=True, text=True, timeout=timeout, check=False,
         **kw,  # type: ignore[call-overload]
     )  # fmt: skip
+    return done
 
 
 def install() -> Iterator[Installed]:
