@@ -126,6 +126,10 @@ def cmd_recover(ctx: Context) -> int:
         if n not in config.services:
             print(f"recover: unknown service {n!r} (not in {config.source})", file=sys.stderr)
             return EXIT_USAGE
+    state = config.daemon.state_dir
+    if state.exists() and not state.is_dir():
+        print(f"recover: {state}: the state dir is not a directory", file=sys.stderr)
+        return EXIT_FAILED
     rotator = build_rotator(config)
     try:
         for n in names:
