@@ -7,7 +7,7 @@ Adding a subcommand: write a module ``rotatord/cli_<topic>.py`` with ``register(
 ``COMMAND_MODULES``. Its handler gets a ``cli_base.Context`` and returns an exit code.
 
 Rules: no traceback for a user error; every exit code a subcommand returns is listed in its
-``--help`` (tests/test_cli_help.py runs them all).
+``--help`` (tests/test_cli_codes.py runs them all).
 """
 
 from __future__ import annotations
