@@ -9,12 +9,13 @@ verification key itself, once, to stdout when the operator asks for ``--out -``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from rotatord.cli_base import Context, add_command
 from rotatord.clock import SystemClock
 from rotatord.core.errors import AuditError
 from rotatord.core.model import Config
@@ -42,16 +43,68 @@ TAIL_CAVEAT = (
     "or within the open epoch); compare with the latest hash shipped elsewhere."
 )
 
+if TYPE_CHECKING:
+    from rotatord.cli_base import SubParsers
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    a = sub.add_parser("audit", help="audit log tools")
-    a_sub = a.add_subparsers(dest="audit_command", required=True)
-    v = a_sub.add_parser("verify", help="check the audit log's hash chain (and seals, with --key)")
+
+def _verify(ctx: Context) -> int:
+    args = ctx.args
+    path = args.file if args.file is not None else ctx.config().daemon.audit_log
+    return cmd_verify(path, args.key)
+
+
+def _init_seal(ctx: Context) -> int:
+    return cmd_init_seal(ctx.config(), ctx.args.out)
+
+
+def register(sub: SubParsers) -> None:
+    a = add_command(
+        sub,
+        "audit",
+        summary="verify the audit log; start forward-secure sealing",
+        description="Tools for the audit log (every key event, never key material): check its "
+        "hash chain and seals, or start sealing it.",
+        exit_codes={EXIT_USAGE: "no audit subcommand given"},
+        handler=None,
+    )
+    a_sub = a.add_subparsers(
+        dest="audit_command", required=True, metavar="COMMAND", prog="rotatord audit"
+    )
+    v = add_command(
+        a_sub,
+        "verify",
+        summary="check the audit log's hash chain (and seals, with --key)",
+        description="Check FILE's hash chain and name the first bad line. Without --key this "
+        "proves integrity against accidents only; with the verification key from `audit "
+        "init-seal` it proves every record up to the last sealed epoch authentic and in order.",
+        exit_codes={
+            EXIT_OK: "intact",
+            EXIT_FAILED: "tampered or damaged (the first bad line is named)",
+            EXIT_USAGE: "the file or key cannot be read, or (no FILE) a config error",
+        },
+        handler=_verify,
+        examples=(
+            "rotatord audit verify /var/log/rotatord/audit.jsonl",
+            "rotatord audit verify --key verify.key",
+        ),
+    )
     v.add_argument("file", nargs="?", type=Path, help="audit file (default: from config)")
     v.add_argument(
         "--key", type=Path, metavar="KEYFILE", help="verification key from `audit init-seal`"
     )
-    i = a_sub.add_parser("init-seal", help="start forward-secure sealing of the audit log")
+    i = add_command(
+        a_sub,
+        "init-seal",
+        summary="start forward-secure sealing of the audit log",
+        description="Start forward-secure sealing: write the verification key to the new file "
+        "FILE ('-': stdout) and the daemon's evolving key to <state_dir>/audit/seal.key.",
+        exit_codes={
+            EXIT_OK: "sealing started",
+            EXIT_FAILED: "sealing already started, or a file cannot be written",
+            EXIT_USAGE: "a config error",
+        },
+        handler=_init_seal,
+    )
     i.add_argument(
         "--out",
         required=True,

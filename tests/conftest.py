@@ -17,6 +17,7 @@ import pytest
 
 from pebble import PebbleFactory, PebbleOptions, PebbleServer, pebble_available
 from tests.daemon_harness import DaemonProcess
+from tests.installed import Installed, install
 from tests.unavailable import unavailable
 
 # --------------------------------------------------------------------------------------------
@@ -88,3 +89,15 @@ def daemons() -> Iterator[list[DaemonProcess]]:
     yield started
     for daemon in started:
         daemon.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# The installed wheel (tests/installed.py)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def installed() -> Iterator[Installed]:
+    """This tree's wheel installed in a fresh venv of Debian's /usr/bin/python3 (built once
+    per run, removed at its end)."""
+    yield from install()

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 
 from pebble import AriProxy, PebbleServer, cert_id
+from rotatord.core.text import serial_text
 from tests.daemon_harness import (
     DaemonProcess,
     Record,
@@ -76,7 +77,7 @@ def test_window_in_the_past_renews_at_once_with_replaces(
     records = wait_for(audit, lambda rs: len(rotated(rs)) >= 2, 60, "ARI renewal", daemon)
     renewal = rotated(records)[-1]
     assert renewal["reason"] == "ari_window"
-    assert renewal["old_serial"] == format(leaf.serial_number, "x")
+    assert renewal["old_serial"] == serial_text(leaf.serial_number)
     assert proxy.replaces_seen[-1] == old_id
     info = events(records, "renewal_info", "web")
     assert info and info[0]["explanation_url"] == "https://ca.example/incident-42"

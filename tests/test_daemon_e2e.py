@@ -118,7 +118,7 @@ def test_control_socket_refuses_uid_not_allowed(
     )
     daemon = start_daemon(config, short_tmp, daemons)
     result = run_cli(config, "rotate", "web", "--force")
-    assert result.returncode == 1
+    assert result.returncode == 4  # refused: uid not in control_allowed_uids
     assert "not allowed" in result.stderr
     refused = [
         r for r in events(read_audit(state / "audit.jsonl"), "control_request") if not r["allowed"]

@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 
 from pebble import PebbleServer
+from rotatord.core.text import serial_text
 from tests.daemon_harness import Record, events, read_audit, run_cli, write_config
 from tests.servers import (
     Haproxy,
@@ -209,7 +210,7 @@ def test_failing_reload_rolls_back(
     failed = [r for r in rec if r["event"] == "reload_failed"]
     assert failed and why in failed[0]["error"]
     rolled = [r for r in rec if r["event"] == "rolled_back"]
-    assert rolled and rolled[0]["ok"] is True and rolled[0]["to_serial"] == format(before, "x")
+    assert rolled and rolled[0]["ok"] is True and rolled[0]["to_serial"] == serial_text(before)
     assert rec[-1]["outcome"] == "rolled_back"
 
 

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from pebble import PebbleServer
+from rotatord.core.text import serial_text
 from rotatord.observe.audit import verify_chain
 from tests.servers import Nginx, require_binary, served_serial, wait_for_serial
 
@@ -118,8 +119,8 @@ def test_rotate_force_creates_new_version_and_audits(
     records = audit_records(state / "audit.jsonl")
     finished = [r for r in records if r["event"] == "rotation_finished"]
     last = finished[-1]
-    assert last["old_serial"] == format(first_serial, "x")
-    assert last["new_serial"] == format(new_serial, "x")
+    assert last["old_serial"] == serial_text(first_serial)
+    assert last["new_serial"] == serial_text(new_serial)
     rid = last["rotation_id"]
     events = [r["event"] for r in records if r.get("rotation_id") == rid]
     assert events[0] == "rotation_started"
@@ -130,7 +131,7 @@ def test_rotate_force_creates_new_version_and_audits(
 
     status = rotatord(config, "status", "--json")
     doc = json.loads(status.stdout)["services"][0]
-    assert doc["serial"] == format(new_serial, "x")
+    assert doc["serial"] == serial_text(new_serial)
     assert doc["last_result"] == "rotated"
 
 

@@ -37,6 +37,7 @@ from pebble.ari_proxy import DROP
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
 from rotatord.core.model import DEFAULT_RETRY_LADDER, Config
+from rotatord.core.text import serial_text
 from rotatord.daemon import IssuerCache, build_rotator
 from rotatord.deploy.reload import SubprocessReloader
 from rotatord.fsutil import FsOps
@@ -684,7 +685,7 @@ def test_ca_killed_mid_order_then_restarted_reregisters_and_rotates(
             rotator.close()
 
     assert retried.outcome == "rotated", retried.error
-    assert retried.old_serial == format(before.serial, "x")
+    assert retried.old_serial == serial_text(before.serial)
     account_after = _regr(state)
     assert account_after["uri"] != account_before["uri"], "the account was not registered again"
     assert account_after["directory"] == account_before["directory"]

@@ -197,6 +197,10 @@ def test_cert_info_and_chain_split(ec_key: keys.PrivateKey) -> None:
     info = keys.cert_info(cert)
     assert info.serial == 0x1234
     assert info.serial_hex == "1234"
+    # openssl's form: even-length upper-case hex, the leading zero kept
+    assert keys.cert_info(
+        issue_leaf(default_ca(), ec_key, ["a.test"], T0, NOT_AFTER, serial=0xABC)
+    ).serial_hex == "0ABC"
     assert info.names == ("example.test", "b.test")
     assert info.not_before == T0
     assert info.not_after == NOT_AFTER

@@ -360,8 +360,8 @@ MALFORMED = {
     "verb not a string": (b'{"verb": {"x": [1]}}\n', None, "unknown verb"),
     "services deeply nested": (
         b'{"verb": "status", "services": ' + b"[" * 15 + b"]" * 15 + b"}\n",
-        None,
-        "",
+        "unknown",  # a service name that is not a string names no service
+        "unknown service",
     ),
 }
 

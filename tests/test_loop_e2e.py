@@ -25,6 +25,7 @@ import pytest
 from cryptography import x509
 
 from pebble import PebbleFactory, PebbleServer
+from rotatord.core.text import serial_text
 from tests.daemon_harness import (
     DaemonProcess,
     Record,
@@ -359,7 +360,7 @@ def test_full_state_filesystem_is_retried_on_the_ladder_and_heals_without_restar
         )
         [done] = between(rotated(records, "web"), freed_wall)
         assert leaf_names(leaf(state)) == TWO_NAMES
-        assert format(leaf(state).serial_number, "x") == done["new_serial"]
+        assert serial_text(leaf(state).serial_number) == done["new_serial"]
         docs, answered, records = quiet_status(config, audit, ("web",), daemon)
         assert_healthy(docs["web"], answered)
         assert docs["web"]["serial"] == done["new_serial"]

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pebble import PebbleServer
+from rotatord.core.text import serial_text
 from rotatord.rotation import REVOCATION_REASONS
 from tests.daemon_harness import (
     DaemonProcess,
@@ -54,7 +55,7 @@ def current_pair(state: Path, name: str = "web") -> Pair:
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     public = key.public_key().public_bytes(der, spki)
     assert public == leaf.public_key().public_bytes(der, spki), "current key and cert differ"
-    return Pair(version, format(leaf.serial_number, "x"), hashlib.sha256(public).hexdigest())
+    return Pair(version, serial_text(leaf.serial_number), hashlib.sha256(public).hexdigest())
 
 
 def assert_revoked_and_replaced(

@@ -100,7 +100,13 @@ class ReloadError(RotatordError):
 
 
 class ControlError(RotatordError):
-    """The control socket could not be reached or refused the request."""
+    """The control socket could not be reached or refused the request. ``reason``: ``absent``
+    (no daemon listens), ``denied`` (the socket's permissions keep the caller out) or ``broken``
+    (anything else: no valid reply, a timeout, a socket the daemon could not bind)."""
+
+    def __init__(self, message: str, reason: str = "broken") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AuditError(RotatordError):

@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from rotatord.core.errors import VerificationError
 from rotatord.core.model import CertInfo, KeyType
+from rotatord.core.text import serial_text
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -148,7 +149,8 @@ def verify_bundle(
             child.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise VerificationError(
-                f"certificate {child.serial_number:x} is not issued by the next one in the chain"
+                f"certificate {serial_text(child.serial_number)} is not issued by the next one "
+                "in the chain"
             ) from exc
     got = set(cert_names(leaf))
     want = {n.lower() for n in expected_names}

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from rotatord.core.text import serial_text
+
 
 class KeyType(enum.Enum):
     """Private key algorithms rotatord generates. Values are the config spellings."""
@@ -259,7 +261,8 @@ class CertInfo:
 
     @property
     def serial_hex(self) -> str:
-        return format(self.serial, "x")
+        """As ``openssl x509 -serial`` prints it (even-length upper-case hex)."""
+        return serial_text(self.serial)
 
 
 @dataclass(frozen=True)

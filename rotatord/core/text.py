@@ -33,3 +33,13 @@ def quote(value: object, limit: int = MAX_QUOTE_CHARS) -> str:
     if len(text) > limit:
         return repr(text[:limit]) + f"…[truncated {len(text) - limit} chars]"
     return repr(text)
+
+
+def serial_text(serial: int) -> str:
+    """A certificate serial as ``openssl x509 -noout -serial`` prints it: upper-case hex with
+    an even number of digits (so ``0A1B``, never ``a1b``), the form people paste into
+    ``openssl``, a CA's search box or a CRL grep."""
+    digits = format(abs(serial), "X")
+    if len(digits) % 2:
+        digits = "0" + digits
+    return ("-" if serial < 0 else "") + digits

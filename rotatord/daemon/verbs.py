@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rotatord.core.errors import RotatordError
@@ -86,6 +86,9 @@ class Verbs:
             if verb == "ping":
                 return {"ok": True, "pid": os.getpid()}
             if verb == "status":
+                unknown = _unknown_service(req.get("services"), config.services)
+                if unknown is not None:
+                    return unknown
                 return {"ok": True, "services": self.status(req.get("services"))}
             if verb == "reload-config":
                 return self._reload(peer.uid)
@@ -157,3 +160,11 @@ class Verbs:
 
 def _forbidden(peer: Peer) -> dict[str, Any]:
     return {"ok": False, "error": f"uid {peer.uid} is not allowed", "code": "forbidden"}
+
+
+def _unknown_service(names: Any, services: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The error reply for a status request naming a service the config does not have."""
+    for n in names if isinstance(names, list) else ():
+        if not isinstance(n, str) or n not in services:
+            return {"ok": False, "error": f"unknown service {quote(n)}", "code": "unknown"}
+    return None

@@ -47,6 +47,7 @@ from rotatord.issuing.acme_net import (
     translate,
 )
 from rotatord.issuing.challenges.solver import ChallengeTask, Solvers, solving
+from rotatord.issuing.problems import authorization_problems, invalid_error, with_problems
 from rotatord.issuing.trust import TrustAnchors, parse_chain
 from rotatord.observe.logging import get_logger
 
@@ -369,12 +370,17 @@ class AcmeIssuer:
         waiting = list(urls)
         failed: list[messages.AuthorizationResource] = []
         attempt = 0
+        said_last: dict[str, list[str]] = {}  # what the CA said of each authz still waiting
         while waiting:
-            self._sleep_schedule(attempt, None, deadline)
+            try:
+                self._sleep_schedule(attempt, None, deadline)
+            except IssuanceError as exc:
+                raise with_problems(exc, waiting, said_last) from exc
             attempt += 1
             still = []
             for url in waiting:
                 resp = self._post_as_get(client, url)
+                said_last[url] = authorization_problems(resp.json())
                 authz = messages.Authorization.from_json(resp.json())
                 if authz.status == messages.STATUS_VALID:
                     continue
@@ -384,7 +390,7 @@ class AcmeIssuer:
                 failed.append(messages.AuthorizationResource(body=authz, uri=url))
             waiting = still
         if failed:
-            raise errors.ValidationError(failed)
+            raise invalid_error(failed, said_last)
 
     def _finalize(
         self,

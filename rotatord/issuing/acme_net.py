@@ -372,7 +372,9 @@ def translate(exc: BaseException, net: _Network | None, what: str) -> IssuanceEr
             for chall in authzr.body.challenges:
                 if chall.error is not None:
                     ptype = ptype or chall.error.typ
-                    problems.append(f"{authzr.body.identifier.value}: {chall.error.detail}")
+                    problems.append(
+                        f"{authzr.body.identifier.value}: {chall.error.typ}: {chall.error.detail}"
+                    )
         return IssuanceError(
             f"{what}: validation failed: " + "; ".join(problems),
             retryable=True,

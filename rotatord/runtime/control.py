@@ -236,7 +236,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 300.0) -> dict
             try:
                 sock.connect(str(path))
             except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise ControlError(f"no daemon is listening on {path}") from exc
+                raise ControlError(f"no daemon is listening on {path}", "absent") from exc
             # A caller refused at accept gets its reply without the daemon reading a byte, and
             # the daemon may close before this send: the reply is still there to read.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -249,7 +249,9 @@ def request(path: Path, message: dict[str, Any], timeout: float = 300.0) -> dict
                         break
                     buf += chunk
     except PermissionError as exc:
-        raise ControlError(f"{path}: permission denied (are you in the socket's group?)") from exc
+        raise ControlError(
+            f"{path}: permission denied (are you in the socket's group?)", "denied"
+        ) from exc
     except OSError as exc:
         raise ControlError(f"{path}: {exc.strerror or exc}") from exc
     try:
