@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rotatord import cli_audit
+from rotatord import cli_audit, setup_systemd
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
 from rotatord.core import policy
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     sub.add_parser("reload", help="ask the running daemon to re-read its config")
     cli_audit.add_parsers(sub)
+    setup_systemd.add_parser(sub)
     return p
 
 
@@ -318,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return Daemon(args.config).run()
+    if args.command == "setup-systemd":
+        return setup_systemd.main(args.config, args)
     if args.command == "audit" and args.audit_command == "verify" and args.file is not None:
         return cli_audit.cmd_verify(args.file, args.key)
     try:

@@ -213,6 +213,7 @@ class Daemon:
     def reload_config(self, uid: int | None = None) -> dict[str, Any]:
         """Validate the file; on problems keep the old config; else reschedule what changed."""
         self.notifier.reloading()
+        status = ""
         try:
             try:
                 new = load_config(self.config_path)
@@ -222,6 +223,8 @@ class Daemon:
                     "config_rejected", config=str(self.config_path), problems=problems, uid=uid
                 )
                 log.error("config_rejected", problems=problems)
+                # `systemctl status` shows it until a good file is loaded.
+                status = f"config rejected ({len(problems)} problems), previous config kept; "
                 return {"ok": False, "problems": problems}
             old = self.config
             restart_needed = []
@@ -263,4 +266,4 @@ class Daemon:
             )
             return {"ok": True, "added": added, "removed": removed, "changed": changed}
         finally:
-            self.notifier.ready(f"{len(self.config.services)} services scheduled")
+            self.notifier.ready(f"{status}{len(self.config.services)} services scheduled")
