@@ -289,7 +289,8 @@ def bootstrap_outputs(s: Setup, report: Report, uid: int, gid: int) -> None:
             continue
         publish(missing, placeholder_bundle(spec), "bootstrap", trust=Trust.of(uid, gid))
         for o in missing:
-            report.add("created", str(Path("/") / o.path.relative_to(s.root)), f"placeholder for {name}")
+            shown = Path("/") / o.path.relative_to(s.root)
+            report.add("created", str(shown), f"self-signed placeholder for {name}")
 
 
 def run(s: Setup, report: Report) -> None:
