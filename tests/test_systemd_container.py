@@ -368,4 +368,11 @@ def test_stop_waits_for_the_rotation_in_flight(box: Box) -> None:
     assert state["ExecMainStatus"] == "2", state
     assert state["ActiveState"] == "failed", f"auto-restart on a broken config: {state}"
     assert state["NRestarts"] == "0"
+    # The problems it printed before logging was set up are journal errors too.
+    printed = [
+        e
+        for e in _journal(box, "-p", "err")
+        if e.get("_TRANSPORT") == "stdout" and "rotatord.toml" in str(e.get("MESSAGE"))
+    ]
+    assert printed and all(e["PRIORITY"] == "3" for e in printed), _journal(box, "-n", "20")
     box.c.sh("systemctl reset-failed rotatord")

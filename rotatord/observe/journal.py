@@ -24,6 +24,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Mapping, MutableMapping
 from typing import IO, Any
@@ -92,6 +93,12 @@ def journal_stream_matches(stream: IO[str], env: Mapping[str, str] | None = None
     except (OSError, ValueError, AttributeError):
         return False
     return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def stderr_prefix(priority: int = ERR) -> str:
+    """``<N>`` when stderr is our journal stream (journald reads it as the line's priority),
+    else nothing: for the few lines printed before logging is set up (a refused config)."""
+    return f"<{priority}>" if journal_stream_matches(sys.stderr) else ""
 
 
 def _json(value: Any) -> str:
