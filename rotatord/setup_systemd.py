@@ -297,7 +297,11 @@ def run(s: Setup, report: Report) -> None:
     if not ensure_user(s, report):
         return
     uid, gid = _ids(s)
-    own_dir(s, CONFDIR, 0o755, report, 0, 0)
+    if os.path.lexists(s.at(CONFDIR)):
+        # The operator's directory: never re-moded (0750 root:rotatord is as good as 0755).
+        report.add("unchanged", str(CONFDIR), "exists")
+    else:
+        own_dir(s, CONFDIR, 0o755, report, 0, 0)
     config_file(s, report, gid)
     own_dir(s, STATE, 0o700, report, uid, gid)
     own_dir(s, LOGS, 0o750, report, uid, gid)
