@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rotatord.cli_control",
     "rotatord.cli_audit",
     "rotatord.cli_data",
+    "rotatord.cli_setup",
 )
 
 DESCRIPTION = """\

@@ -8,31 +8,13 @@ Part of the entry layer. There is one copy of each file, in the source tree's ``
 from __future__ import annotations
 
 import sys
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rotatord.cli_base import EXIT_FAILED, EXIT_OK, Context, Handler, add_command
+from rotatord.packaged import packaged_text
 
 if TYPE_CHECKING:
     from rotatord.cli_base import SubParsers
-
-#: name -> (data package in the wheel, file, its place in the source tree)
-FILES = {
-    "example-config": ("rotatord._data.config", "rotatord.example.toml", "config"),
-    "systemd-unit": ("rotatord._data.systemd", "rotatord.service", "systemd"),
-}
-
-
-def packaged_text(what: str) -> str:
-    """The text of a packaged file (``OSError`` when neither the wheel nor a tree has it)."""
-    package, name, tree_dir = FILES[what]
-    try:
-        return resources.files(package).joinpath(name).read_text(encoding="utf-8")
-    except ModuleNotFoundError:
-        tree = Path(__file__).resolve().parent.parent / tree_dir / name
-        return tree.read_text(encoding="utf-8")
-
 
 def _printer(what: str) -> Handler:
     def handler(ctx: Context) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rotatord import cli, cli_data
+from rotatord import cli, packaged
 from rotatord.store import ServiceStore
 from tests.certs import make_bundle
 from tests.daemon_harness import DaemonProcess, run_cli
@@ -237,12 +237,12 @@ def _seal_twice(tmp: Path, _: dict[str, Path]) -> int:
 
 def _missing(what: str) -> Case:
     def case(tmp: Path, _: dict[str, Path]) -> int:
-        saved = dict(cli_data.FILES)
-        cli_data.FILES[what] = ("rotatord._data.nope", "x", "nope")
+        saved = dict(packaged.FILES)
+        packaged.FILES[what] = ("rotatord._data.nope", "x", "nope")
         try:
             return cli.main([what])
         finally:
-            cli_data.FILES.update(saved)
+            packaged.FILES.update(saved)
 
     return case
 
@@ -297,7 +297,16 @@ CASES: dict[tuple[str, int], Case] = {
     ("systemd-unit", 1): _missing("systemd-unit"),
 }
 #: Pairs another test already runs for real (with Pebble), by the test that does.
-ELSEWHERE = {("revoke", 0): "tests/test_revoke.py::test_cli_revoke_without_daemon"}
+ELSEWHERE = {
+    ("revoke", 0): "tests/test_revoke.py::test_cli_revoke_without_daemon",
+    # setup-systemd changes users and /etc: run as root against a scratch root directory.
+    ("setup-systemd", 0): "tests/test_setup_systemd.py::test_creates_directories_dropin_and_unit"
+    "_then_changes_nothing",
+    ("setup-systemd", 1): "tests/test_setup_systemd.py::test_fixes_its_own_directories_but_never"
+    "_loosens_someone_elses",
+    ("setup-systemd", 2): "tests/test_setup_systemd.py::test_a_broken_config_is_refused_with_its"
+    "_problems",
+}
 
 
 def documented() -> set[tuple[str, int]]:

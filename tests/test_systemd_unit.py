@@ -126,13 +126,16 @@ def test_unit_security_exposure_is_at_most_two(systemd_analyze: str) -> None:
 
 
 def test_unit_declares_lifecycle_and_core_hardening() -> None:
-    """The unit keeps Type=notify, the watchdog, SIGHUP reload, NoNewPrivileges and strict FS."""
+    """The unit keeps Type=notify, the watchdog, SIGHUP reload, no restart on a config error,
+    NoNewPrivileges and strict FS."""
     service = _service_section(UNIT.read_text(encoding="utf-8"))
 
     assert service.get("Type") == ["notify"]
     assert service.get("NotifyAccess") == ["main"]
     assert service.get("WatchdogSec") == ["60"]
     assert service.get("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    # A config error (exit 2) is not retried: restarting cannot fix the file.
+    assert service.get("RestartPreventExitStatus") == ["2"]
     assert service.get("NoNewPrivileges") == ["yes"]
     assert service.get("ProtectSystem") == ["strict"]
     assert service.get("ExecStart") == [f"{INSTALLED_BINARY} -c /etc/rotatord/rotatord.toml run"]

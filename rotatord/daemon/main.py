@@ -27,6 +27,7 @@ from rotatord.daemon.loop import ServiceLoop
 from rotatord.daemon.planner import Planner
 from rotatord.daemon.verbs import Verbs
 from rotatord.observe.audit import AuditLog, open_audit
+from rotatord.observe.journal import stderr_prefix
 from rotatord.observe.logging import configure_logging, get_logger
 from rotatord.rotation import Rotator, recover_service, recover_state
 from rotatord.runtime.confwatch import ConfigWatcher
@@ -77,7 +78,7 @@ class Daemon:
             self.config = load_config(self.config_path)
         except ConfigError as exc:
             for p in exc.problems:
-                print(f"  {p}", file=sys.stderr)
+                print(f"{stderr_prefix()}  {p}", file=sys.stderr)
             return 2
         configure_logging(self.config.daemon.log_format)
         lock = DaemonLock(self.config.daemon.state_dir)
@@ -85,7 +86,7 @@ class Daemon:
             lock.acquire()
         except RotatordError as exc:
             log.error("daemon_refused", error=str(exc))
-            print(f"rotatord: {exc}", file=sys.stderr)
+            print(f"{stderr_prefix()}rotatord: {exc}", file=sys.stderr)
             return 1
         try:
             removed = recover_state(self.config.daemon.state_dir)
@@ -111,7 +112,10 @@ class Daemon:
                 config=str(self.config_path),
             )
         except AuditError as exc:
-            print(f"rotatord: {exc}; refusing to run without an audit log", file=sys.stderr)
+            print(
+                f"{stderr_prefix()}rotatord: {exc}; refusing to run without an audit log",
+                file=sys.stderr,
+            )
             return 1
         self.planner = Planner(self.rotator, self.clock)
         self.scheduler = Scheduler(cfg.daemon.max_concurrent, lambda n, t: self.loop.job(n, t))
@@ -133,7 +137,7 @@ class Daemon:
         try:
             control.start()
         except RotatordError as exc:
-            print(f"rotatord: {exc}", file=sys.stderr)
+            print(f"{stderr_prefix()}rotatord: {exc}", file=sys.stderr)
             return 1
         watcher = ConfigWatcher(self.config_path, self.request_reload)
         previous = install_signals(
@@ -213,6 +217,7 @@ class Daemon:
     def reload_config(self, uid: int | None = None) -> dict[str, Any]:
         """Validate the file; on problems keep the old config; else reschedule what changed."""
         self.notifier.reloading()
+        status = ""
         try:
             try:
                 new = load_config(self.config_path)
@@ -222,6 +227,8 @@ class Daemon:
                     "config_rejected", config=str(self.config_path), problems=problems, uid=uid
                 )
                 log.error("config_rejected", problems=problems)
+                # `systemctl status` shows it until a good file is loaded.
+                status = f"config rejected ({len(problems)} problems), previous config kept; "
                 return {"ok": False, "problems": problems}
             old = self.config
             restart_needed = []
@@ -263,4 +270,4 @@ class Daemon:
             )
             return {"ok": True, "added": added, "removed": removed, "changed": changed}
         finally:
-            self.notifier.ready(f"{len(self.config.services)} services scheduled")
+            self.notifier.ready(f"{status}{len(self.config.services)} services scheduled")

@@ -46,7 +46,7 @@ from rotatord.issuing.acme_net import (
     problem_code,
     translate,
 )
-from rotatord.issuing.challenges.solver import ChallengeTask, Solvers, solving
+from rotatord.issuing.challenges.solver import ChallengeTask, Solvers, solving, task_for
 from rotatord.issuing.problems import authorization_problems, invalid_error, with_problems
 from rotatord.issuing.trust import TrustAnchors, parse_chain
 from rotatord.observe.logging import get_logger
@@ -324,31 +324,16 @@ class AcmeIssuer:
         )
 
         solver = self._solvers.for_challenge(challenge)
+        assert net.key is not None  # set when the network was made
         pending: list[tuple[str, messages.ChallengeBody, challenges.ChallengeResponse]] = []
         tasks: list[ChallengeTask] = []
         for authz_url in order.authorizations:
             authz = messages.Authorization.from_json(self._post_as_get(client, authz_url).json())
             if authz.status == messages.STATUS_VALID:
                 continue  # reused authorization
-            challb = next(
-                (c for c in authz.challenges if c.chall.typ == solver.challenge_type), None
-            )
-            if challb is None or not isinstance(challb.chall, challenges.KeyAuthorizationChallenge):
-                raise IssuanceError(
-                    f"CA offers no {solver.challenge_type} challenge for {authz.identifier.value}",
-                    retryable=False,
-                )
-            tasks.append(
-                ChallengeTask(
-                    identifier=authz.identifier.value,
-                    identifier_type=authz.identifier.typ.name,
-                    wildcard=bool(authz.wildcard),
-                    challenge_type=solver.challenge_type,
-                    token=challb.chall.encode("token"),
-                    key_authorization=challb.chall.key_authorization(net.key),
-                )
-            )
-            pending.append((authz_url, challb, challb.chall.response(net.key)))
+            task, challb, response = task_for(authz, solver.challenge_type, net.key)
+            tasks.append(task)
+            pending.append((authz_url, challb, response))
 
         if pending:
             with solving(solver, tasks, deadline):

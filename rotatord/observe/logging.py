@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import structlog
 
+from rotatord.observe import journal
+
 _SECRET_RE = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL
 )
@@ -43,8 +45,15 @@ def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMap
 def configure_logging(
     fmt: str = "auto", level: int = logging.INFO, stream: IO[str] | None = None
 ) -> None:
-    """Route structlog and stdlib logging to ``stream`` (stdout) as JSON or console lines."""
+    """Route structlog and stdlib logging to ``stream`` (stdout) as JSON or console lines; when
+    systemd connected ``stream`` to the journal, as native journal records (``journal.py``)."""
     out = stream or sys.stdout
+    handler: logging.Handler
+    if journal.journal_stream_matches(out):
+        handler = journal_handler = journal.JournalHandler(out)
+        native = [journal_handler.annotate]
+    else:
+        handler, native = logging.StreamHandler(out), []
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -67,13 +76,15 @@ def configure_logging(
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             _redact,
+            # After redaction, so journal fields never hold what the line would not; before the
+            # meta keys go, since it reads the stdlib record from them.
+            *native,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

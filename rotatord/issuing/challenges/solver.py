@@ -19,6 +19,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from acme import challenges, messages
+from josepy.jwk import JWK
+
+from rotatord.core.errors import IssuanceError
 from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
 from rotatord.issuing.challenges.http01 import StandalonePool, webroot_serving
 
@@ -40,6 +44,28 @@ class ChallengeTask:
     challenge_type: str
     token: str
     key_authorization: str
+
+
+def task_for(
+    authz: messages.Authorization, challenge_type: str, key: JWK
+) -> tuple[ChallengeTask, messages.ChallengeBody, challenges.ChallengeResponse]:
+    """The task for one pending authorization, its challenge of ``challenge_type`` and the
+    response that tells the CA to validate it."""
+    challb = next((c for c in authz.challenges if c.chall.typ == challenge_type), None)
+    if challb is None or not isinstance(challb.chall, challenges.KeyAuthorizationChallenge):
+        raise IssuanceError(
+            f"CA offers no {challenge_type} challenge for {authz.identifier.value}",
+            retryable=False,
+        )
+    task = ChallengeTask(
+        identifier=authz.identifier.value,
+        identifier_type=authz.identifier.typ.name,
+        wildcard=bool(authz.wildcard),
+        challenge_type=challenge_type,
+        token=challb.chall.encode("token"),
+        key_authorization=challb.chall.key_authorization(key),
+    )
+    return task, challb, challb.chall.response(key)
 
 
 class Solver(Protocol):
