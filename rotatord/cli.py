@@ -223,7 +223,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         if n not in config.services:
             print(f"status: unknown service {n!r} (not in {config.source})", file=sys.stderr)
             return EXIT_USAGE
-    reply = _daemon_request(config, {"verb": "status", "services": names})
+    # No names means all: a list of 10,000 names would exceed the control request limit.
+    reply = _daemon_request(config, {"verb": "status", "services": list(args.services)})
     if reply is not None and reply.get("ok"):
         docs = reply["services"]
         source = "daemon"
