@@ -1,41 +1,34 @@
-"""Startup time, memory and idle CPU of ``rotatord run`` with many services and nothing to do.
+"""Start-up, memory and idle CPU of ``rotatord run`` with 10,000 realistic services, and the
+cost of loading their config; every figure printed with the command that reproduces it.
 
-One job: build a state directory where every service already holds a valid certificate (one
-throwaway ECDSA CA from ``tests.certs``, one P-256 leaf per service, valid from now-1d to now+89d,
-with ``meta.json`` matching the config so no "config drift" is seen), start the real daemon as a
-subprocess and measure, from the outside, what an operator would see:
+The fleet is ``bench/fixtures.py``'s: each service has 2 names, 3 outputs (fullchain, key and a
+``directory`` output), 1 reload command, and a pre-issued, valid, not-yet-due certificate with
+its status and a finished journal, so the daemon start is a *restart*: nothing is issued.
 
-* **startup seconds**: from ``Popen`` to the daemon's sd_notify ``READY=1`` on a unix datagram
-  socket this script binds (READY is sent once the control socket is bound and every service is
-  scheduled);
-* **settled seconds**: from ``Popen`` until the daemon's CPU goes quiet, i.e. its first planning
-  pass over every service is over. ``/proc/<pid>/stat`` utime+stime is sampled every 0.5 s; the
-  daemon has settled when it used at most 1 % of one CPU over the last 2 s. The figure is the
-  start of that quiet window. The count of ``renewal_info_failed`` log lines (one per service
-  planned, see below) cross-checks it;
-* **RSS** (``VmRSS``), peak RSS (``VmHWM``) and threads after the idle window;
-* **idle CPU %** = Δ(utime+stime) / CLK_TCK / wall x 100 over ``--idle-seconds`` after settling;
-* **exit**: SIGTERM, then the exit status (must be 0) and the time until the process is gone.
+Measured, in one run:
+
+* **check-config**: ``rotatord check-config`` as a subprocess (wall, and its CPU from
+  ``getrusage``), next to a **floor**: ``tomllib.loads`` of the same file in this process;
+* **10,000 directory outputs**: ``check-config`` of a config whose every service's only output
+  is a directory output (what made ``_check_output_path`` quadratic);
+* **start → READY**: spawn to ``READY=1`` on a unix datagram socket this script binds as
+  ``$NOTIFY_SOCKET``; at READY the script asks the daemon's control socket for ``status`` and
+  verifies that every service is there with ``planned: true`` (the daemon's own plan, i.e. a
+  next run scheduled), and that the reply came from the daemon. The daemon's CPU at READY is
+  printed too (on a shared machine it moves far less than wall time);
+* **RSS** after the start-up batch has settled and after the idle window;
+* **idle CPU** over ``--idle-seconds`` (default 60) once settled.
 
 The ACME directory is ``https://127.0.0.1:<port>/dir`` with a port this script bound and closed,
-so nothing answers: the daemon's ARI lookups fail fast (connection refused) and it falls back to
-its own schedule; the issuer negative-caches a failed directory fetch for 5 s. The daemon's
-stdout (JSON log lines) is kept and summarised: lines per event, and how many
-``renewal_info_failed`` lines were real connection attempts versus negative-cache hits.
+so nothing answers: the start-up batch's renewal-information (ARI) lookups fail fast and the
+daemon keeps its own schedule. Everything binds or connects to 127.0.0.1 only. Building the
+fixture is not timed (it runs with fsync off).
 
-A second daemon run (``--startup-only N2``, default 10 000; 0 skips it) measures startup and
-settling only, for N2 services.
+Exits 0 whatever the figures (it is a measurement); 1 when the daemon fails to start, settle,
+plan every service or exit cleanly; 2 on a usage error.
 
-Everything binds or connects to 127.0.0.1 only. Building the state directory is not timed; it
-writes through the store's own ``stage``/``activate`` with the fsyncs turned off (the daemon under
-test never sees the difference, the build just avoids 10 fsyncs per service).
-
-Prints a table with the targets and PASS/FAIL (``--json``: one JSON document). Exits 0 whatever
-the figures (it is a measurement); 1 when the daemon fails to start, settle, or exit cleanly;
-2 on a usage error.
-
-Run from the repository root: ``python bench/idle.py`` (the script puts the repository root on
-``sys.path`` itself, for ``tests.certs``).
+    PYTHONPATH=. python3 bench/idle.py                      # 10,000 services, 60 s idle
+    PYTHONPATH=. python3 bench/idle.py --services 1000 --idle-seconds 10
 """
 
 from __future__ import annotations
@@ -46,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -53,43 +47,30 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from fixtures import Fleet, build_state, free_port, write_config
 
-from rotatord.core.model import IssuedMeta, KeyType
-from rotatord.fsutil import FsOps
-from rotatord.store import Bundle, ServiceStore
+from rotatord.runtime.control import request
 
-# ``tests`` is a directory of this repository, not an installed package: make it importable
-# whatever the working directory (``rotatord`` itself is installed, editable).
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.certs import CertificateAuthority, cert_to_pem, key_to_pem, make_ca  # noqa: E402
-
-LOOPBACK = "127.0.0.1"
-ACCOUNT = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_MB = 1024 * 1024  # figures are MiB, as ps/top show them
 
-#: Targets from the acceptance list.
-TARGET_STARTUP_S = 5.0  # with --startup-only services (10 000)
-TARGET_RSS_MIB = 80.0  # with --services services (1 000)
-TARGET_IDLE_CPU_PCT = 1.0  # with --services services, strictly below
+#: Targets from the acceptance list (issue 10), for 10,000 services.
+TARGET_CHECK_CONFIG_S = 5.0
+TARGET_DIR_OUTPUTS_S = 5.0
+TARGET_READY_S = 10.0
+TARGET_RSS_MIB = 150.0
+TARGET_IDLE_CPU_PCT = 1.0  # strictly below
 
 #: Settling: sample every SAMPLE_S; quiet when CPU over the last QUIET_S is at most QUIET_PCT.
 SAMPLE_S = 0.5
 QUIET_S = 2.0
 QUIET_PCT = 1.0
-READY_TIMEOUT_S = 300.0
+READY_TIMEOUT_S = 600.0
 SETTLE_TIMEOUT_S = 600.0
 EXIT_TIMEOUT_S = 60.0
 #: Flag a run whose neighbours kept more than this many CPUs busy while it started.
@@ -97,120 +78,7 @@ BUSY_CPUS = 0.25
 
 
 class BenchError(Exception):
-    """The daemon did not behave (no READY, never settled, bad exit): the run is void."""
-
-
-class _NoSyncOps(FsOps):
-    """The store's syscalls without fsync: building the fixture is not what is measured."""
-
-    def fsync(self, fd: int) -> None:
-        pass
-
-    def fsync_dir(self, path: Path) -> None:
-        pass
-
-
-# ============================================================================ fixture
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago and has nothing listening on it now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def service_name(i: int) -> str:
-    return f"svc{i:05d}"
-
-
-def write_config(
-    path: Path, state: Path, sock_dir: Path, directory: str, listen_port: int, n: int
-) -> None:
-    """A daemon config with ``n`` services sharing one account and one (never started) listener."""
-    parts = [
-        f"""[daemon]
-state_dir = "{state}"
-audit_log = "{state}/audit.jsonl"
-control_socket = "{sock_dir}/ctl.sock"
-log_format = "json"
-
-[acme.{ACCOUNT}]
-directory = "{directory}"
-"""
-    ]
-    for i in range(n):
-        name = service_name(i)
-        parts.append(
-            f"""
-[services.{name}]
-domains = ["{name}.example.test"]
-account = "{ACCOUNT}"
-key_type = "ecdsa-p256"
-[services.{name}.challenge]
-listen = "{LOOPBACK}:{listen_port}"
-"""
-        )
-    path.write_text("".join(parts))
-
-
-def issue_leaf(
-    ca: CertificateAuthority,
-    key: ec.EllipticCurvePrivateKey,
-    name: str,
-    not_before: datetime,
-    not_after: datetime,
-) -> x509.Certificate:
-    """Like ``tests.certs.issue_leaf`` plus the Authority Key Identifier every public CA (and
-    Pebble) puts in a leaf: without it there is no RFC 9773 certificate id, and the daemon would
-    skip ARI entirely, which is not what a real deployment does."""
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-
-
-def build_state(state: Path, n: int, directory: str) -> None:
-    """Give each of ``n`` services a current, valid, not-yet-due certificate from one CA."""
-    ca = make_ca("rotatord idle bench")
-    # Fixture validity is relative to the real now: the daemon reads the real clock.
-    now = datetime.now(UTC).replace(microsecond=0)
-    not_before, not_after = now - timedelta(days=1), now + timedelta(days=89)
-    ops = _NoSyncOps()
-    for i in range(n):
-        name = service_name(i)
-        domain = f"{name}.example.test"
-        key = ec.generate_private_key(ec.SECP256R1())
-        leaf = issue_leaf(ca, key, domain, not_before, not_after)
-        meta = IssuedMeta(
-            names=(domain,),
-            key_type=KeyType.ECDSA_P256,
-            account=ACCOUNT,
-            directory=directory,
-            serial=leaf.serial_number,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-            issued_at=not_before,
-        )
-        bundle = Bundle(key_to_pem(key), cert_to_pem(leaf), ca.chain_pem, meta)
-        store = ServiceStore(state, name, ops=ops)
-        store.activate(store.stage(bundle))
+    """The daemon did not behave (no READY, not all planned, never settled, bad exit)."""
 
 
 # ============================================================================ /proc readers
@@ -260,14 +128,25 @@ def kib_to_mib(value: str) -> float:
 # ============================================================================ one daemon run
 
 
+# ============================================================================ one run
+
+
 @dataclass
 class RunResult:
     services: int
+    config_bytes: int = 0
     build_seconds: float = 0.0
+    toml_floor_seconds: float | None = None
+    check_config_seconds: float | None = None
+    check_config_cpu_seconds: float | None = None
+    dir_outputs_seconds: float | None = None
+    dir_outputs_cpu_seconds: float | None = None
     startup_seconds: float | None = None
-    #: The daemon's own CPU time (all threads) at READY: unlike startup_seconds, it hardly
-    #: depends on what else the machine is doing.
+    #: The daemon's own CPU time (all threads) at READY.
     startup_cpu_seconds: float | None = None
+    #: Services the daemon's status reported with ``planned: true`` right after READY.
+    planned_at_ready: int | None = None
+    status_seconds: float | None = None
     settled_seconds: float | None = None
     cpu_seconds_to_settle: float | None = None
     rss_settled_mib: float | None = None
@@ -283,9 +162,6 @@ class RunResult:
     log_events: dict[str, int] = field(default_factory=dict)
     ari_connection_attempts: int = 0
     ari_negative_cache_hits: int = 0
-    #: CPUs' worth of work done by *other* processes (system busy time minus the daemon's and
-    #: this script's) from spawn to settled: on a shared machine it inflates startup and settled
-    #: times, not the daemon's own CPU figures.
     others_cpus: float | None = None
     error: str | None = None
 
@@ -421,32 +297,78 @@ def summarise_log(path: Path, result: RunResult) -> None:
     result.ari_negative_cache_hits = cached
 
 
-def run_daemon(n: int, idle_seconds: float | None, keep: bool) -> RunResult:
-    """Build a state dir for ``n`` services, run the daemon, measure; ``idle_seconds=None`` skips
-    the idle window (startup-only run)."""
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed_check_config(config: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``rotatord check-config`` as a subprocess; BenchError unless OK."""
+    c0, t0 = children_cpu(), time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "rotatord", "-c", str(config), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    wall, cpu = time.monotonic() - t0, children_cpu() - c0
+    if done.returncode != 0:
+        raise BenchError(f"check-config exited {done.returncode}: {done.stderr[-2000:]}")
+    return wall, cpu
+
+
+def toml_floor(config: Path) -> float:
+    """Seconds for tomllib alone to parse the file: what no validation can go below."""
+    t = time.process_time()
+    tomllib.loads(config.read_text())
+    return time.process_time() - t
+
+
+def verify_planned(fleet: Fleet) -> tuple[int, float]:
+    """Ask the daemon for status right after READY; every service must be planned."""
+    t = time.monotonic()
+    reply = request(fleet.control_socket, {"verb": "status"}, timeout=300)
+    took = time.monotonic() - t
+    if not reply.get("ok"):
+        raise BenchError(f"status refused: {reply.get('error')}")
+    docs = reply["services"]
+    planned = sum(1 for d in docs if d.get("planned") is True)
+    if len(docs) != fleet.n or planned != fleet.n:
+        raise BenchError(f"at READY: {len(docs)} services in status, {planned} planned")
+    return planned, took
+
+
+def run(n: int, idle_seconds: float, keep: bool) -> RunResult:
     result = RunResult(services=n)
     # Short directory: AF_UNIX paths are capped at 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="rib-", dir="/tmp"))
-    state, conf_dir = work / "state", work / "conf"
-    conf_dir.mkdir()  # its own directory: the daemon watches the config's directory
-    config = conf_dir / "rotatord.toml"
-    directory = f"https://{LOOPBACK}:{free_port()}/dir"
-    daemon = Daemon(config, work, work / "daemon.log")
+    fleet = Fleet(work / "f", n, f"https://127.0.0.1:{free_port()}/dir", free_port())
+    dirs = Fleet(work / "d", n, fleet.directory, fleet.listen_port, directory_outputs_only=True)
+    daemon = Daemon(fleet.config, work, work / "daemon.log")
     try:
         t = time.monotonic()
-        build_state(state, n, directory)
-        write_config(config, state, work, directory, free_port(), n)
+        write_config(fleet)
+        write_config(dirs)
+        build_state(fleet)
         result.build_seconds = time.monotonic() - t
+        result.config_bytes = fleet.config.stat().st_size
+
+        result.toml_floor_seconds = toml_floor(fleet.config)
+        result.check_config_seconds, result.check_config_cpu_seconds = timed_check_config(
+            fleet.config
+        )
+        result.dir_outputs_seconds, result.dir_outputs_cpu_seconds = timed_check_config(dirs.config)
 
         neighbours = Neighbours()
         result.startup_seconds, result.startup_cpu_seconds = daemon.start()
+        result.planned_at_ready, result.status_seconds = verify_planned(fleet)
         result.settled_seconds, ticks = daemon.wait_settled()
         result.others_cpus = neighbours.cpus(daemon.pid)
         result.cpu_seconds_to_settle = ticks / CLK_TCK
         result.rss_settled_mib = kib_to_mib(proc_status(daemon.pid)["VmRSS"])
         lines_before = daemon.log_line_count()
-        if idle_seconds is not None:
-            result.idle_seconds, result.idle_cpu_percent = daemon.idle(idle_seconds)
+        result.idle_seconds, result.idle_cpu_percent = daemon.idle(idle_seconds)
         result.log_lines_idle = daemon.log_line_count() - lines_before
         st = proc_status(daemon.pid)
         result.rss_mib = kib_to_mib(st["VmRSS"])
@@ -480,87 +402,80 @@ class Check:
     ok: bool | None
 
 
-def checks(main: RunResult, big: RunResult | None) -> list[Check]:
-    out = []
-    if big is not None:
-        s = big.startup_seconds
-        out.append(
-            Check(
-                f"startup, {big.services} services",
-                f"<= {TARGET_STARTUP_S:g} s",
-                s,
-                "s",
-                None if s is None else s <= TARGET_STARTUP_S,
-            )
-        )
-    r = main.rss_mib
-    out.append(
-        Check(
-            f"RSS, {main.services} services, after idle",
-            f"<= {TARGET_RSS_MIB:g} MiB",
-            r,
-            "MiB",
-            None if r is None else r <= TARGET_RSS_MIB,
-        )
-    )
-    c = main.idle_cpu_percent
-    out.append(
-        Check(
-            f"idle CPU, {main.services} services",
-            f"< {TARGET_IDLE_CPU_PCT:g} %",
-            c,
-            "%",
-            None if c is None else c < TARGET_IDLE_CPU_PCT,
-        )
-    )
-    return out
+def _check(what: str, value: float | None, target: float, unit: str, strict: bool = False) -> Check:
+    ok = None if value is None else (value < target if strict else value <= target)
+    return Check(what, f"{'<' if strict else '<='} {target:g} {unit}", value, unit, ok)
+
+
+def checks(r: RunResult) -> list[Check]:
+    n = r.services
+    return [
+        _check(f"check-config, {n} services", r.check_config_seconds, TARGET_CHECK_CONFIG_S, "s"),
+        _check(
+            f"check-config, {n} directory outputs", r.dir_outputs_seconds, TARGET_DIR_OUTPUTS_S, "s"
+        ),
+        _check(f"start -> READY (all {n} planned)", r.startup_seconds, TARGET_READY_S, "s"),
+        _check(f"RSS after idle, {n} services", r.rss_mib, TARGET_RSS_MIB, "MiB"),
+        _check(f"idle CPU, {n} services", r.idle_cpu_percent, TARGET_IDLE_CPU_PCT, "%", True),
+    ]
 
 
 def _fmt(value: float | int | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(runs: list[RunResult], results: list[Check]) -> None:
+def print_report(r: RunResult, results: list[Check], argv: list[str]) -> None:
     print(
         f"rotatord idle bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"CLK_TCK {CLK_TCK}"
     )
-    print()
-    head = (
-        f"{'services':>8} {'build s':>8} {'startup s':>9} {'(cpu s)':>7} {'settled s':>9} "
-        f"{'(cpu s)':>7} "
-        f"{'RSS MiB':>8} {'peak MiB':>8} {'thr':>4} {'idle s':>6} {'idle CPU%':>9} "
-        f"{'exit':>4} {'exit s':>6}"
+    print(f"command: PYTHONPATH=. python3 bench/idle.py {' '.join(argv)}".rstrip())
+    print(
+        f"fixture: {r.services} services x (2 names, 3 outputs incl. a directory output, "
+        f"1 reload), pre-issued; config {r.config_bytes / 1e6:.1f} MB; built in "
+        f"{r.build_seconds:.0f} s (not timed)"
     )
-    print(head)
-    print("-" * len(head))
-    for r in runs:
-        print(
-            f"{r.services:>8} {_fmt(r.build_seconds, '.1f'):>8} {_fmt(r.startup_seconds):>9} "
-            f"{_fmt(r.startup_cpu_seconds):>7} {_fmt(r.settled_seconds, '.1f'):>9} "
-            f"{_fmt(r.cpu_seconds_to_settle):>7} "
-            f"{_fmt(r.rss_mib, '.1f'):>8} {_fmt(r.peak_rss_mib, '.1f'):>8} "
-            f"{_fmt(r.threads, 'd'):>4} {_fmt(r.idle_seconds, '.1f'):>6} "
-            f"{_fmt(r.idle_cpu_percent, '.3f'):>9} {_fmt(r.exit_code, 'd'):>4} "
-            f"{_fmt(r.exit_seconds):>6}"
-        )
     print()
-    for r in runs:
-        top = ", ".join(f"{k} {v}" for k, v in list(r.log_events.items())[:6])
+    rows = [
+        ("floor: tomllib.loads of the config", r.toml_floor_seconds, None, "s cpu"),
+        ("check-config (subprocess)", r.check_config_seconds, r.check_config_cpu_seconds, "s"),
+        (
+            "check-config, directory outputs only",
+            r.dir_outputs_seconds,
+            r.dir_outputs_cpu_seconds,
+            "s",
+        ),
+        ("spawn -> READY=1", r.startup_seconds, r.startup_cpu_seconds, "s"),
+        ("status at READY (reply time)", r.status_seconds, None, "s"),
+        ("spawn -> start-up batch settled", r.settled_seconds, r.cpu_seconds_to_settle, "s"),
+    ]
+    for what, wall, cpu, unit in rows:
+        extra = "" if cpu is None else f"   (cpu {cpu:.2f} s)"
+        print(f"  {what:<40} {_fmt(wall):>8} {unit}{extra}")
+    print(f"  {'services planned at READY':<40} {_fmt(r.planned_at_ready, 'd'):>8}")
+    print(
+        f"  {'RSS settled / after idle / peak':<40} {_fmt(r.rss_settled_mib, '.1f')} / "
+        f"{_fmt(r.rss_mib, '.1f')} / {_fmt(r.peak_rss_mib, '.1f')} MiB, "
+        f"{_fmt(r.threads, 'd')} threads"
+    )
+    print(
+        f"  {'idle CPU':<40} {_fmt(r.idle_cpu_percent, '.3f'):>8} % over "
+        f"{_fmt(r.idle_seconds, '.0f')} s ({r.log_lines_idle} log lines meanwhile)"
+    )
+    print(f"  {'exit after SIGTERM':<40} {_fmt(r.exit_code, 'd'):>8} in {_fmt(r.exit_seconds)} s")
+    top = ", ".join(f"{k} {v}" for k, v in list(r.log_events.items())[:6])
+    print(
+        f"log: {r.log_lines} lines; ARI: {r.ari_connection_attempts} connection attempts, "
+        f"{r.ari_negative_cache_hits} negative-cache hits; {top}"
+    )
+    if r.others_cpus is not None:
+        busy = r.others_cpus > BUSY_CPUS
         print(
-            f"log, {r.services} services: {r.log_lines} lines ({r.log_lines_idle} during idle); "
-            f"ARI: {r.ari_connection_attempts} connection attempts, "
-            f"{r.ari_negative_cache_hits} negative-cache hits; {top}"
+            f"other processes, spawn to settled: {r.others_cpus:.2f} CPUs busy"
+            + ("  <- shared machine busy: wall times inflated; see the cpu figures" if busy else "")
         )
-        if r.others_cpus is not None:
-            busy = r.others_cpus > BUSY_CPUS
-            print(
-                f"other processes, {r.services} services, spawn to settled: "
-                f"{r.others_cpus:.2f} CPUs busy"
-                + ("  <- shared machine busy: startup/settled inflated" if busy else "")
-            )
-        if r.error:
-            print(f"ERROR, {r.services} services: {r.error}")
+    if r.error:
+        print(f"ERROR: {r.error}")
     print()
     width = max(len(c.what) for c in results)
     for c in results:
@@ -570,34 +485,28 @@ def print_table(runs: list[RunResult], results: list[Check]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--services", type=int, default=1000, metavar="N")
+    ap.add_argument("--services", type=int, default=10000, metavar="N")
     ap.add_argument("--idle-seconds", type=float, default=60.0, metavar="S")
-    ap.add_argument(
-        "--startup-only", type=int, default=10000, metavar="N2", help="0 skips the second run"
-    )
     ap.add_argument("--json", action="store_true", help="one JSON document instead of the table")
-    ap.add_argument("--keep", action="store_true", help="keep the work dirs (state, config, log)")
-    args = ap.parse_args(argv)
-    if args.services < 1 or args.startup_only < 0 or args.idle_seconds <= 0:
-        ap.error("--services must be >= 1, --startup-only >= 0, --idle-seconds > 0")
-
-    runs = [run_daemon(args.services, args.idle_seconds, args.keep)]
-    big = run_daemon(args.startup_only, None, args.keep) if args.startup_only else None
-    if big is not None:
-        runs.append(big)
-    results = checks(runs[0], big)
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (state, configs, log)")
+    args = ap.parse_args(args_list)
+    if args.services < 1 or args.idle_seconds <= 0:
+        ap.error("--services must be >= 1, --idle-seconds > 0")
+    r = run(args.services, args.idle_seconds, args.keep)
+    results = checks(r)
     if args.json:
         doc: dict[str, Any] = {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "runs": [asdict(r) for r in runs],
+            "run": asdict(r),
             "checks": [asdict(c) for c in results],
         }
         print(json.dumps(doc, indent=2))
     else:
-        print_table(runs, results)
-    return 1 if any(r.error for r in runs) else 0
+        print_report(r, results, args_list)
+    return 1 if r.error else 0
 
 
 if __name__ == "__main__":

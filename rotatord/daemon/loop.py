@@ -21,7 +21,7 @@ from rotatord.core.model import Trigger
 from rotatord.daemon.planner import Plan, Planner
 from rotatord.observe.audit import AuditSink
 from rotatord.observe.logging import get_logger
-from rotatord.rotation import Rotator, ShuttingDown, recover_service, resume
+from rotatord.rotation import Rotator, ShuttingDown, recover_service, resume, unfinished
 
 log = get_logger("rotatord.loop")
 
@@ -47,6 +47,8 @@ class ServiceLoop:
         self._submit = submit
         self._seq = itertools.count(1)
         self._stop = threading.Event()
+        # Services ``start`` recovered: the start-up batch does not recover them again.
+        self._recovered: set[str] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -54,6 +56,35 @@ class ServiceLoop:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def start(self, names: Sequence[str]) -> list[str]:
+        """Before READY: recover every service, plan it without asking the CA, schedule it.
+
+        Returns the services the start-up batch must take at once (due now, or holding a
+        rotation a stop left unfinished): they are planned (``status`` shows when and why) but
+        not scheduled, since the batch schedules each when it ends. One pass over the services,
+        a few small reads each, nothing sent to the CA, so READY comes in time linear in the
+        number of services and independent of the CA.
+        """
+        pending = set(unfinished(self.rotator, names))
+        take: list[str] = []
+        for name in names:
+            if self.stopping:
+                break
+            if name not in self.rotator.config.services:
+                continue
+            try:
+                recover_service(self.rotator, name, self.audit, thorough=False)
+            except (RotatordError, OSError) as exc:
+                log.error("recovery_failed", service=name, error=str(exc))
+            self._recovered.add(name)
+            plan = self._plan(name, ask_ca=False)
+            self.planner.remember(name, plan)
+            if plan.at <= self.clock.now() or name in pending:
+                take.append(name)
+            else:
+                self._schedule(name, plan.at, Trigger.SCHEDULE.value)
+        return take
 
     def submit_batch(self, names: Sequence[str], trigger: Trigger) -> None:
         job_id = f"__batch__{next(self._seq)}"
@@ -68,9 +99,10 @@ class ServiceLoop:
                 for name in names:
                     if self.stopping:
                         break
+                    if name in self._recovered:
+                        self._recovered.discard(name)  # ``start`` did, just before READY
+                        continue
                     try:
-                        # Per service, not before READY: with 10,000 services recovery is most
-                        # of the start-up cost; each is recovered before it is planned.
                         recover_service(self.rotator, name, self.audit, thorough=False)
                     except (RotatordError, OSError) as exc:
                         log.error("recovery_failed", service=name, error=str(exc))
@@ -134,9 +166,9 @@ class ServiceLoop:
         status = self.rotator.book.get(self.rotator.plain_store(name))
         return status.deferred != "budget_exhausted"
 
-    def _plan(self, name: str, *, ignore_retry: bool = False) -> Plan:
+    def _plan(self, name: str, *, ignore_retry: bool = False, ask_ca: bool = True) -> Plan:
         try:
-            return self.planner.plan(name, ignore_retry=ignore_retry)
+            return self.planner.plan(name, ignore_retry=ignore_retry, ask_ca=ask_ca)
         except Exception as exc:  # noqa: BLE001 - plan again at the floor, never spin, never stop
             floor = self.rotator.config.daemon.min_order_interval
             log.error("plan_failed", service=name, error=str(exc), error_type=type(exc).__name__)

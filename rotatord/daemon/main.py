@@ -134,11 +134,6 @@ class Daemon:
             cfg.daemon.control_socket_group,
             admit=verbs.admit,
         )
-        try:
-            control.start()
-        except RotatordError as exc:
-            print(f"{stderr_prefix()}rotatord: {exc}", file=sys.stderr)
-            return 1
         watcher = ConfigWatcher(self.config_path, self.request_reload)
         previous = install_signals(
             {
@@ -148,10 +143,20 @@ class Daemon:
             }
         )
         try:
+            # READY means ready: every service recovered, planned and scheduled (jobs added
+            # before the scheduler starts, in one pass); only then does the control socket
+            # answer and READY=1 go out. The start-up batch (due services, resumed rotations,
+            # plans refined by the CA's renewal information) runs after.
+            self.loop.start(list(cfg.services))
             self.scheduler.start()
+            try:
+                control.start()
+            except RotatordError as exc:
+                print(f"{stderr_prefix()}rotatord: {exc}", file=sys.stderr)
+                return 1
             self.loop.submit_batch(list(cfg.services), Trigger.STARTUP)
             watcher.start()
-            self.notifier.ready(f"{len(cfg.services)} services scheduled")
+            self.notifier.ready(f"{len(cfg.services)} services planned")
             self._main_loop()
         finally:
             self.notifier.stopping()

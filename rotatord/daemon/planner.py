@@ -68,13 +68,20 @@ class Planner:
         with self._lock:
             return self.planned.get(name), self.ari.get(name)
 
-    def plan(self, name: str, *, ignore_retry: bool = False) -> Plan:
+    def plan(self, name: str, *, ignore_retry: bool = False, ask_ca: bool = True) -> Plan:
+        """The service's next run. ``ask_ca=False`` plans from local state only (and whatever
+        renewal information is already known): what start-up does for every service before
+        READY, so that READY never waits on the CA; the start-up batch then plans again with
+        the CA's ARI answers."""
         r = self.rotator
         spec = r.spec(name)
         store = r.plain_store(name)
         installed = r.installed(name)
         now = self.clock.now()
-        ari_time, ari_check = self._ari_time(spec, installed, now)
+        if ask_ca:
+            ari_time, ari_check = self._ari_time(spec, installed, now)
+        else:
+            ari_time, ari_check = self._known_ari(spec, installed, now)
         decision = r.decision(spec, installed, now, ari_time)
         if installed is not None and policy.renew_before_clamped(
             installed.info.lifetime, spec.renew_before
@@ -117,6 +124,19 @@ class Planner:
             lifetime_s=int(lifetime.total_seconds()),
             threshold_s=int(policy.renew_threshold(lifetime, spec.renew_before).total_seconds()),
         )
+
+    def _known_ari(
+        self, spec: ServiceSpec, installed: Installed | None, now: datetime
+    ) -> tuple[datetime | None, datetime | None]:
+        """What ``_ari_time`` would say without asking the CA: the known answer for this
+        certificate, if any (after a restart: none yet)."""
+        if installed is None or now >= installed.info.not_after:
+            return None, None
+        with self._lock:
+            st = self.ari.get(spec.name)
+        if st is None or st.cert_id != installed.info.ari_id:
+            return None, None
+        return st.chosen, st.next_check
 
     def _ari_time(
         self, spec: ServiceSpec, installed: Installed | None, now: datetime

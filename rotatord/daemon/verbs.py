@@ -145,6 +145,7 @@ class Verbs:
         for n in wanted:
             doc = service_status(self._loop.rotator, str(n), now)
             plan, ari = self._loop.planner.planned_for(str(n))
+            doc["planned"] = plan is not None  # the daemon's own plan, not just the decision
             if plan is not None:
                 doc["next_action"] = {"at": plan.at.isoformat(), "why": plan.why}
             if ari is not None and ari.window is not None:

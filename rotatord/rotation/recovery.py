@@ -76,8 +76,19 @@ def recover_service(
     rotator: Rotator, name: str, audit: AuditSink, *, thorough: bool = True
 ) -> RecoveryReport | None:
     """Recovery of one service under its lock; audited when it changed anything. None when the
-    service has nothing on disk yet."""
+    service has nothing on disk yet.
+
+    ``thorough=False`` (start-up, for every service) first looks without the lock: a service
+    left settled (no temp entry, a complete ``current`` that its status names) has nothing to
+    repair or record, and costs a few ``stat`` calls, not a lock and a store per service."""
     spec = rotator.spec(name)
+    if not thorough:
+        plain = rotator.plain_store(name)
+        clean, current = plain.settled()
+        if clean and (current is None or rotator.book.get(plain).current_version == current.name):
+            if current is None and not os.path.isdir(plain.dir):
+                return None
+            return RecoveryReport(current=current.name if current else None)
     store = rotator.store(spec)
     if not store.dir.exists():
         return None

@@ -241,7 +241,7 @@ def request(path: Path, message: dict[str, Any], timeout: float = 300.0) -> dict
             # the daemon may close before this send: the reply is still there to read.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall((json.dumps(message) + "\n").encode())
-            buf = b""
+            buf = bytearray()  # a status of 10,000 services is megabytes: no bytes +=
             with contextlib.suppress(ConnectionResetError):
                 while not buf.endswith(b"\n"):
                     chunk = sock.recv(65536)

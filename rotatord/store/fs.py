@@ -57,6 +57,7 @@ META_FILE = "meta.json"
 VERSION_FILES = (KEY_FILE, CERT_FILE, CHAIN_FILE, FULLCHAIN_FILE, META_FILE)
 PUBLIC_MODE = 0o644
 DIR_MODE = 0o755
+_TOP_TEMP = (".current" + TEMP_PREFIX, ".status.json.", ".journal.json.")
 VERSION_RE = re.compile(r"^\d{8}T\d{6}(?:\.\d{3})?Z-[0-9a-f]{8}(?:\.\d+)?$")
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -120,6 +121,7 @@ class ServiceStore:
         self._key_gid = key_gid
         self._layout_made = False  # status/journal writes check the tree once per store object
         self._current_s = os.fspath(self.current_link)
+        self._dir_s = os.fspath(self.dir)
         self._versions_s = os.fspath(self.versions_dir)
         self._known: dict[str, Version] = {}  # Version objects by name (immutable)
 
@@ -354,21 +356,35 @@ class ServiceStore:
 
     # ------------------------------------------------------------------ recovery
 
-    def _looks_clean(self) -> bool:
-        if any(
-            e.startswith((".current" + TEMP_PREFIX, ".status.json.", ".journal.json."))
-            for e in os.listdir(self.dir)
-        ):
-            return False
+    def settled(self) -> tuple[bool, Version | None]:
+        """``(True, current)`` when nothing an interrupted stage/activate leaves behind is here:
+        no temp entry, and ``current`` complete (or absent with no version at all); else
+        ``(False, None)``: recovery has work, or must look closer. Read-only, so it needs no
+        lock: a rotation running meanwhile can only make a later look find temp entries.
+
+        A crash can only leave temp entries or a dangling ``current`` (a version directory
+        gets its final name only after every file in it is fsynced), which is why start-up
+        trusts this and skips the cryptographic check of every version."""
         try:
-            if any(e.startswith(TEMP_PREFIX) for e in os.listdir(self.versions_dir)):
-                return False
-        except FileNotFoundError:
-            return not os.path.lexists(self.current_link)
-        current = self.current_version()
-        if current is None:
-            return not os.path.lexists(self.current_link) and not self.versions()
-        return all(os.path.isfile(current.path / f) for f in VERSION_FILES)
+            st = os.lstat(self._dir_s)
+            if not stat.S_ISDIR(st.st_mode):
+                return False, None  # a planted symlink or file: the thorough pass refuses it
+            if any(e.startswith(_TOP_TEMP) for e in os.listdir(self._dir_s)):
+                return False, None
+            try:
+                if any(e.startswith(TEMP_PREFIX) for e in os.listdir(self._versions_s)):
+                    return False, None
+            except FileNotFoundError:
+                return (not os.path.lexists(self._current_s)), None
+            current = self.current_version()
+            if current is None:
+                return (not os.path.lexists(self._current_s) and not self.versions()), None
+            base = f"{self._versions_s}/{current.name}/"
+            if all(os.path.isfile(base + f) for f in VERSION_FILES):
+                return True, current
+        except OSError:
+            pass
+        return False, None
 
     def recover(self, now: datetime | None = None, *, thorough: bool = True) -> RecoveryReport:
         """Undo what an interrupted stage/activate left behind.
@@ -385,9 +401,10 @@ class ServiceStore:
         if not os.path.isdir(self.dir):
             return RecoveryReport()
         refuse_symlink(self.dir)
-        if not thorough and self._looks_clean():
-            current = self.current_version()
-            return RecoveryReport(current=current.name if current else None)
+        if not thorough:
+            clean, current = self.settled()
+            if clean:
+                return RecoveryReport(current=current.name if current else None)
         removed_temp: list[str] = []
         for entry in os.listdir(self.dir):
             if entry.startswith((".current" + TEMP_PREFIX, ".status.json.", ".journal.json.")):
