@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from rotatord.core.dns01 import Dns01
+
 
 class KeyType(enum.Enum):
     """Private key algorithms rotatord generates. Values are the config spellings."""
@@ -118,7 +120,7 @@ class Http01Webroot:
     webroot: Path
 
 
-Challenge = Http01Standalone | Http01Webroot
+Challenge = Http01Standalone | Http01Webroot | Dns01
 
 
 # --------------------------------------------------------------------------- reload actions
