@@ -897,7 +897,7 @@ def _wildcards_need_dns(
             ctx.add(
                 _item(_join(path, "domains"), index),
                 f"{_show(name)}: a wildcard can only be validated over dns-01; set "
-                f"[{_join(path, 'challenge')}] type = \"dns-01\" with a provider",
+                f'[{_join(path, "challenge")}] type = "dns-01" with a provider',
             )
 
 

@@ -9,6 +9,7 @@ TXT records over real DNS. Services are parsed from TOML by the real config code
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,13 +171,16 @@ def test_exec_hook_with_lego_contract(bind: Bind, issuer: AcmeIssuer, tmp_path: 
 def test_records_are_removed_when_propagation_times_out(
     bind: Bind, issuer: AcmeIssuer, tmp_path: Path
 ) -> None:
-    """When the authoritative servers never show the value (the check asks a port nobody
-    serves), the order fails with a retryable error naming the provider section, and both TXT
+    """When the authoritative servers never show the value (the check asks a socket that never
+    answers), the order fails with a retryable error naming the provider section, and both TXT
     values that were written are removed again."""
-    dns = {**rfc2136(bind), "authoritative_port": 9, "propagation_timeout": 0.3}
-    spec = service(bind, tmp_path, ["*.example.test", "example.test"], dns)
-    with pytest.raises(IssuanceError) as caught:
-        issue(issuer, spec)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        dns = {**rfc2136(bind), "authoritative_port": port, "propagation_timeout": 0.3}
+        spec = service(bind, tmp_path, ["*.example.test", "example.test"], dns)
+        with pytest.raises(IssuanceError) as caught:
+            issue(issuer, spec)
     assert caught.value.retryable
     assert "dns.p" in str(caught.value) and "not visible" in str(caught.value)
     assert bind.txt("_acme-challenge.example.test") == {OTHER}

@@ -53,6 +53,10 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 _KEY_RE = re.compile(r'key\s+"?([A-Za-z0-9._-]+)"?\s*\{(.*?)\}\s*;', re.S)
 _ALGORITHM_RE = re.compile(r"algorithm\s+\"?([A-Za-z0-9-]+)\"?\s*;")
 _SECRET_RE = re.compile(r'secret\s+"([A-Za-z0-9+/=\s]+)"\s*;')
+#: What BIND's tsig-keygen offers (RFC 8945 §6); a typo is caught before the first UPDATE.
+TSIG_ALGORITHMS = frozenset(
+    {"hmac-md5", "hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"}
+)
 
 
 def txt_value(key_authorization: str) -> str:
@@ -67,7 +71,7 @@ class Record:
 
     domain: str  # the identifier, without "*."
     name: dns.name.Name  # the effective name (after CNAMEs), absolute
-    zone: dns.name.Name
+    zone: dns.name.Name | None  # None: not needed to write it (exec hooks)
     value: str
 
 
@@ -93,11 +97,17 @@ def load_tsig_key(path: Path, where: str) -> dns.tsig.Key:
     match = _KEY_RE.search(text) if len(raw) <= MAX_KEY_FILE_BYTES else None
     algorithm = _ALGORITHM_RE.search(match.group(2)) if match else None
     secret = _SECRET_RE.search(match.group(2)) if match else None
-    if match is None or algorithm is None or secret is None:
+    if (
+        match is None
+        or algorithm is None
+        or secret is None
+        or algorithm.group(1).lower() not in TSIG_ALGORITHMS
+    ):
         # Never quote the file: it holds the secret.
         raise IssuanceError(
             f'{where}: tsig_key_file {str(path)!r} holds no \'key "NAME" {{ algorithm ALG; '
-            'secret "BASE64"; }};\' statement (the format tsig-keygen writes)',
+            'secret "BASE64"; }};\' statement (the format tsig-keygen writes) with ALG one of '
+            + ", ".join(sorted(TSIG_ALGORITHMS)),
             retryable=False,
         )
     try:
@@ -119,13 +129,18 @@ class Rfc2136Provider:
         self._where = where
         self._key = load_tsig_key(spec.tsig_key_file, where)
 
+    def _update(self, record: Record) -> dns.update.UpdateMessage:
+        if record.zone is None:  # Dns01Solver always finds it for rfc2136
+            raise IssuanceError(f"{self._where}: no zone for {record.name}", retryable=False)
+        return dns.update.UpdateMessage(record.zone, keyring=self._key)
+
     def add(self, record: Record, task: ChallengeTask) -> None:
-        update = dns.update.UpdateMessage(record.zone, keyring=self._key)
+        update = self._update(record)
         update.add(record.name, self._spec.ttl, "TXT", f'"{record.value}"')
         self._send(update, f"add TXT {record.name}")
 
     def remove(self, record: Record, task: ChallengeTask) -> None:
-        update = dns.update.UpdateMessage(record.zone, keyring=self._key)
+        update = self._update(record)
         update.delete(record.name, "TXT", f'"{record.value}"')
         self._send(update, f"delete TXT {record.name}")
 
@@ -219,6 +234,7 @@ class Dns01Solver:
             ) from None
         name = self._lookups.effective_name(base)
         provider = self._spec.provider
+        zone: dns.name.Name | None = None  # an exec hook finds its own zone
         if isinstance(provider, Rfc2136) and provider.zone is not None:
             zone = dns.name.from_text(provider.zone)
             if not name.is_subdomain(zone):
@@ -226,7 +242,7 @@ class Dns01Solver:
                     f"{self._spec.where}: {name} is not in the configured zone {zone}",
                     retryable=False,
                 )
-        else:
+        elif isinstance(provider, Rfc2136):
             zone = self._lookups.zone_of(name)
         return Record(task.identifier, name, zone, txt_value(task.key_authorization))
 
@@ -242,13 +258,14 @@ class Dns01Solver:
         log.info(
             "dns01_presented",
             name=record.name.to_text(),
-            zone=record.zone.to_text(),
+            zone=record.zone.to_text() if record.zone else None,
             provider=self._spec.provider_name,
         )
 
     def wait_visible(self, task: ChallengeTask, deadline: float) -> None:
         record = self._records[task.token]
-        self._lookups.wait_visible(record.zone, record.name, record.value, deadline)
+        zone = record.zone or self._lookups.zone_of(record.name)
+        self._lookups.wait_visible(zone, record.name, record.value, deadline)
 
     def cleanup(self, task: ChallengeTask) -> None:
         record = self._records.pop(task.token, None)

@@ -58,13 +58,20 @@ class DnsLookups:
     # -- primitives -------------------------------------------------------------------------
 
     def _ask(
-        self, server: Server, name: dns.name.Name, rdtype: dns.rdatatype.RdataType, *, recurse: bool
+        self,
+        server: Server,
+        name: dns.name.Name,
+        rdtype: dns.rdatatype.RdataType,
+        *,
+        recurse: bool,
+        timeout: float | None = None,
     ) -> dns.message.Message:
         query = dns.message.make_query(name, rdtype)
         if not recurse:
             query.flags &= ~dns.flags.RD
+        limit = self._spec.query_timeout_seconds if timeout is None else timeout
         response, _tcp = dns.query.udp_with_fallback(
-            query, server[0], port=server[1], timeout=self._spec.query_timeout_seconds
+            query, server[0], port=server[1], timeout=limit
         )
         return response
 
@@ -167,11 +174,13 @@ class DnsLookups:
             )
         return sorted(set(servers))
 
-    def txt_values(self, server: Server, name: dns.name.Name) -> set[str] | None:
+    def txt_values(
+        self, server: Server, name: dns.name.Name, timeout: float | None = None
+    ) -> set[str] | None:
         """The TXT strings ``server`` holds at ``name`` (asked without recursion), or None when
         it did not answer."""
         try:
-            response = self._ask(server, name, dns.rdatatype.TXT, recurse=False)
+            response = self._ask(server, name, dns.rdatatype.TXT, recurse=False, timeout=timeout)
         except (dns.exception.DNSException, OSError):
             return None
         if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -195,7 +204,9 @@ class DnsLookups:
         end = min(deadline, start + self._spec.propagation_timeout_seconds)
         waiting = list(servers)
         while True:
-            waiting = [s for s in waiting if value not in (self.txt_values(s, name) or set())]
+            # A silent server may not hold the loop past the end: each query gets what is left.
+            left = max(0.05, min(self._spec.query_timeout_seconds, end - self._clock.monotonic()))
+            waiting = [s for s in waiting if value not in (self.txt_values(s, name, left) or set())]
             if not waiting:
                 return
             now = self._clock.monotonic()
