@@ -327,7 +327,8 @@ class AcmeIssuer:
             )
             if challb is None or not isinstance(challb.chall, challenges.KeyAuthorizationChallenge):
                 raise IssuanceError(
-                    f"CA offers no {solver.challenge_type} challenge for {authz.identifier.value}",
+                    f"CA offers no {solver.challenge_type} challenge for "
+                    f"{authz.identifier.value}",
                     retryable=False,
                 )
             tasks.append(
