@@ -27,6 +27,7 @@ from rotatord.core.model import AcmeSpec, KeyType, ServiceSpec
 from rotatord.issuing.acme_issuer import AcmeIssuer
 from rotatord.issuing.challenges.solver import Solvers
 from tests.bind_server import Bind, bind_available
+from tests.daemon_harness import run_cli, write_config
 from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.pebble
@@ -215,3 +216,36 @@ def test_zone_not_found_names_the_config_path(
     assert not caught.value.retryable
     assert "zone not found for _acme-challenge.www.elsewhere.test." in str(caught.value)
     assert f"{tmp_path / 'rotatord.toml'}: dns.p" in str(caught.value)
+
+
+def test_cli_rotate_from_a_toml_config(bind: Bind, pebble: PebbleServer, short_tmp: Path) -> None:
+    """The whole path from a TOML file: ``check-config`` accepts the dns-01 service, ``rotate``
+    activates a wildcard+apex certificate, and BIND holds no value of ours afterwards."""
+    state = short_tmp / "state"
+    dns = f"""
+[dns.bind]
+type = "rfc2136"
+server = "{bind.address}"
+tsig_key_file = "{bind.key_file}"
+resolvers = ["{bind.address}"]
+authoritative_port = {bind.port}
+polling_interval = 0.05
+
+[services.wild]
+domains = ["*.example.test", "example.test"]
+account = "pebble"
+
+[services.wild.challenge]
+type = "dns-01"
+provider = "bind"
+"""
+    config = write_config(short_tmp / "r.toml", pebble, state, dns)
+    checked = run_cli(config, "check-config")
+    assert checked.returncode == 0, checked.stderr
+    result = run_cli(config, "rotate", "wild")
+    assert result.returncode == 0, result.stderr
+    cert = x509.load_pem_x509_certificate(
+        (state / "services" / "wild" / "current" / "cert.pem").read_bytes()
+    )
+    assert sans(cert) == {"*.example.test", "example.test"}
+    assert bind.txt("_acme-challenge.example.test") == {OTHER}
