@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rotatord.config import parse_config
+from rotatord.config import load_config, parse_config
 from rotatord.core.dns01 import Dns01, DnsLookup, ExecHook, Rfc2136
 from rotatord.core.errors import ConfigError, Problem
 
@@ -211,3 +211,32 @@ def test_exec_env_values_never_reach_a_message(tmp_path: Path) -> None:
     found = problems(config(tmp_path, dns, {"type": "dns-01"}), tmp_path)
     assert [p.path for p in found] == ["dns.h.env.X"]
     assert "s3cr3t" not in repr(found)
+
+
+def test_example_config_dns_block_parses_when_uncommented(tmp_path: Path) -> None:
+    """The commented [dns.bind]/[dns.hook] example in config/rotatord.example.toml is valid:
+    uncommented, beside a wildcard service, it parses to what its comments promise."""
+    text = (Path(__file__).resolve().parent.parent / "config" / "rotatord.example.toml").read_text()
+    block = text.split("# -- dns-01 example begin")[1].split("# -- dns-01 example end")[0]
+    lines = [
+        line[2:] if line.startswith("# ") else line.lstrip("#") for line in block.splitlines()[1:]
+    ]
+    key_file(tmp_path)
+    source = tmp_path / "rotatord.toml"
+    source.write_text(
+        '[acme.a]\ndirectory = "https://127.0.0.1:14000/dir"\n'
+        + "\n".join(lines)
+        + '\n[services.s]\ndomains = ["*.example.com", "example.com"]\n'
+        '[services.s.challenge]\ntype = "dns-01"\nprovider = "bind"\n'
+        '[services.h]\ndomains = ["h.example.com"]\n'
+        '[services.h.challenge]\ntype = "dns-01"\nprovider = "hook"\n'
+    )
+    config = load_config(source)
+    bind, hook = config.services["s"].challenge, config.services["h"].challenge
+    assert isinstance(bind, Dns01) and isinstance(hook, Dns01)
+    assert bind.provider == Rfc2136(("192.0.2.53", 53), tmp_path / "tsig.key", None, 60, 10.0)
+    assert bind.lookup == DnsLookup(resolvers=(("192.0.2.53", 53),))
+    assert isinstance(hook.provider, ExecHook) and hook.provider.argv == (
+        "/usr/local/bin/dns-hook",
+    )
+    assert hook.provider.env == {"DNS_API_TOKEN_FILE": "/etc/rotatord/dns-api.token"}
