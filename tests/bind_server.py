@@ -63,7 +63,9 @@ def _free_tcp_udp_port() -> int:
 
 
 class Bind:
-    """BIND 9 authoritative for ``zones`` (name -> extra zone-file lines), with TSIG updates."""
+    """BIND 9 authoritative for ``zones`` (name -> extra zone-file lines), with TSIG updates.
+
+    A zone's NS is ``ns1.example.test`` unless its lines give ``@ IN NS ...`` themselves."""
 
     def __init__(self, zones: Mapping[str, str]) -> None:
         self.zones = dict(zones)
@@ -91,7 +93,8 @@ class Bind:
         for zone, extra in self.zones.items():
             (self.workdir / f"{zone}.db").write_text(
                 f"$TTL 60\n@ IN SOA ns1.example.test. hostmaster.{zone}. 1 60 60 600 60\n"
-                f"@ IN NS ns1.example.test.\n{extra}\n"
+                + ("" if "@ IN NS " in extra else "@ IN NS ns1.example.test.\n")
+                + f"{extra}\n"
             )
         (self.workdir / "root.db").write_text(
             "$TTL 60\n@ IN SOA ns1.example.test. hostmaster.example.test. 1 60 60 600 60\n"

@@ -240,3 +240,9 @@ def test_example_config_dns_block_parses_when_uncommented(tmp_path: Path) -> Non
         "/usr/local/bin/dns-hook",
     )
     assert hook.provider.env == {"DNS_API_TOKEN_FILE": "/etc/rotatord/dns-api.token"}
+
+
+def test_exec_env_is_not_in_the_specs_repr() -> None:
+    """A spec printed in a traceback or debug line does not show the hook's API token."""
+    spec = Dns01("h", ExecHook(argv=("/bin/hook",), env={"TOKEN": "s3cr3t"}))
+    assert "s3cr3t" not in repr(spec) and "/bin/hook" in repr(spec)

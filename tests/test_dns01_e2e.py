@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.name
 import pytest
 from cryptography import x509
 from structlog.testing import capture_logs
 
 from pebble import PebbleServer
-from rotatord.clock import SystemClock
+from rotatord.clock import FakeClock, SystemClock
 from rotatord.config import parse_config
 from rotatord.core import keys
+from rotatord.core.dns01 import DnsLookup
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec, KeyType, ServiceSpec
 from rotatord.issuing.acme_issuer import AcmeIssuer
+from rotatord.issuing.challenges.dns_lookup import DnsLookups
 from rotatord.issuing.challenges.solver import Solvers
 from tests.bind_server import Bind, bind_available
 from tests.daemon_harness import run_cli, write_config
@@ -39,8 +43,13 @@ ZONES = {
         "ns1 IN A 127.0.0.1\n"
         f'_acme-challenge IN TXT "{OTHER}"\n'
         "_acme-challenge.sub IN CNAME sub.acme.example.net.\n"
+        # Name servers for the propagation tests: ns2 only at an address nobody answers on,
+        # ns3 at that one and at BIND's.
+        "ns2 IN AAAA ::1\nns3 IN A 127.0.0.1\nns3 IN AAAA ::1\n"
     ),
     "acme.example.net": "",
+    "two.test": "@ IN NS ns1.example.test.\n@ IN NS ns2.example.test.\n",
+    "three.test": "@ IN NS ns3.example.test.\n",
 }
 
 
@@ -249,3 +258,48 @@ provider = "bind"
     )
     assert sans(cert) == {"*.example.test", "example.test"}
     assert bind.txt("_acme-challenge.example.test") == {OTHER}
+
+
+def lookups(bind: Bind) -> DnsLookups:
+    spec = DnsLookup(
+        resolvers=(("127.0.0.1", bind.port),),
+        authoritative_port=bind.port,
+        propagation_timeout_seconds=1.0,
+        polling_interval_seconds=0.25,
+        query_timeout_seconds=0.2,
+    )
+    return DnsLookups(spec, FakeClock(), "test: dns.p")
+
+
+def nsupdate(bind: Bind, line: str) -> None:
+    script = f"server 127.0.0.1 {bind.port}\n{line}\nsend\n"
+    subprocess.run(
+        ["nsupdate", "-k", str(bind.key_file)], input=script.encode(), check=True, timeout=10
+    )
+
+
+def test_every_name_server_must_serve_the_value(bind: Bind) -> None:
+    """``two.test`` has two NS names; the value is on ns1 (BIND) but ns2's only address never
+    answers: the check gives up at its timeout naming ns2 alone, never answering the CA."""
+    name = dns.name.from_text("_acme-challenge.two.test.")
+    nsupdate(bind, f'update add {name} 60 TXT "v2"')
+    try:
+        with pytest.raises(IssuanceError) as caught:
+            lookups(bind).wait_visible(dns.name.from_text("two.test."), name, "v2", 1e9)
+    finally:
+        nsupdate(bind, f"update delete {name} TXT")
+    message = str(caught.value)
+    assert "ns2.example.test." in message and "ns1.example.test." not in message
+    assert "(of 2 authoritative servers of two.test.)" in message and caught.value.retryable
+
+
+def test_one_answering_address_of_a_name_server_is_enough(bind: Bind) -> None:
+    """ns3 has an address that answers (BIND) and one that does not: the value counts as
+    visible on ns3 once the first serves it."""
+    name = dns.name.from_text("_acme-challenge.three.test.")
+    nsupdate(bind, f'update add {name} 60 TXT "v3"')
+    try:
+        lookups(bind).wait_visible(dns.name.from_text("three.test."), name, "v3", 1e9)
+    finally:
+        nsupdate(bind, f"update delete {name} TXT")
+    assert bind.txt("_acme-challenge.three.test") == set()

@@ -56,7 +56,8 @@ class ExecHook:
 
     argv: tuple[str, ...]
     raw: bool = False
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # repr=False: API tokens live here, and a spec's repr can end up in a log or traceback.
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     timeout_seconds: float = 60.0
 
 

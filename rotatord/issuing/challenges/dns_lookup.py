@@ -144,8 +144,13 @@ class DnsLookups:
             retryable=False,
         )
 
-    def authoritative_servers(self, zone: dns.name.Name) -> list[Server]:
-        """Addresses of the zone's NS names (A and AAAA), on ``authoritative_port``."""
+    def authoritative_servers(self, zone: dns.name.Name) -> dict[str, list[Server]]:
+        """The zone's NS names, each with its addresses (A and AAAA) on ``authoritative_port``.
+
+        Grouped by name because a name server counts as serving the value when any one of its
+        addresses does (an IPv6 address a v4-only host cannot reach must not block the check;
+        lego dials the NS name the same way).
+        """
         response = self.resolve(zone, dns.rdatatype.NS)
         ns_names = sorted(
             {
@@ -157,22 +162,22 @@ class DnsLookups:
         )
         if not ns_names:
             raise IssuanceError(f"{self._where}: zone {zone} has no NS records", retryable=True)
-        servers: list[Server] = []
+        servers: dict[str, list[Server]] = {}
         for ns in ns_names:
+            addresses: set[Server] = set()
             for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
                 answer = self.resolve(ns, rdtype)
                 for rrset in answer.answer:
                     if rrset.rdtype == rdtype:
-                        servers.extend(
+                        addresses.update(
                             (rdata.address, self._spec.authoritative_port) for rdata in rrset
                         )
-        if not servers:
-            raise IssuanceError(
-                f"{self._where}: no address for the name servers of {zone} "
-                f"({', '.join(str(n) for n in ns_names)})",
-                retryable=True,
-            )
-        return sorted(set(servers))
+            if not addresses:
+                raise IssuanceError(
+                    f"{self._where}: name server {ns} of {zone} has no address", retryable=True
+                )
+            servers[ns.to_text()] = sorted(addresses)
+        return servers
 
     def txt_values(
         self, server: Server, name: dns.name.Name, timeout: float | None = None
@@ -202,21 +207,27 @@ class DnsLookups:
         servers = self.authoritative_servers(zone)
         start = self._clock.monotonic()
         end = min(deadline, start + self._spec.propagation_timeout_seconds)
-        waiting = list(servers)
+        waiting = dict(servers)
         while True:
-            # A silent server may not hold the loop past the end: each query gets what is left.
-            left = max(0.05, min(self._spec.query_timeout_seconds, end - self._clock.monotonic()))
-            waiting = [s for s in waiting if value not in (self.txt_values(s, name, left) or set())]
+            for ns, addresses in list(waiting.items()):
+                if any(self._serves(address, name, value, end) for address in addresses):
+                    del waiting[ns]
             if not waiting:
                 return
             now = self._clock.monotonic()
             if now >= end:
                 raise IssuanceError(
                     f"{self._where}: TXT {name} not visible after {now - start:.0f}s on "
-                    f"{_show(waiting)} (of {len(servers)} authoritative servers of {zone})",
+                    f"{', '.join(f'{ns} ({_show(a)})' for ns, a in waiting.items())} (of "
+                    f"{len(servers)} authoritative servers of {zone})",
                     retryable=True,
                 )
             self._clock.sleep(min(self._spec.polling_interval_seconds, end - now))
+
+    def _serves(self, server: Server, name: dns.name.Name, value: str, end: float) -> bool:
+        # A silent server may not hold the loop past the end: each query gets what is left.
+        left = max(0.05, min(self._spec.query_timeout_seconds, end - self._clock.monotonic()))
+        return value in (self.txt_values(server, name, left) or set())
 
 
 def _cname_of(response: dns.message.Message, name: dns.name.Name) -> dns.name.Name | None:
