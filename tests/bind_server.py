@@ -81,8 +81,21 @@ class Bind:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def _named(self) -> str:
+        """``named``, or a copy of it in the workdir when AppArmor is on: Debian's
+        ``usr.sbin.named`` profile confines the installed path to /etc/bind and /var/*/bind and
+        would deny this server its temp config; the profile attaches by path, a copy runs
+        unconfined."""
         named = _binary("named")
+        flag = Path("/sys/module/apparmor/parameters/enabled")
+        if flag.exists() and flag.read_text().strip() == "Y":
+            copy = self.workdir / "named"
+            shutil.copy2(named, copy)
+            return str(copy)
+        return named
+
+    def start(self) -> None:
+        named = self._named()
         keygen = _binary("tsig-keygen")
         key = subprocess.run(
             [keygen, "-a", "hmac-sha256", KEY_NAME], capture_output=True, check=True, timeout=10

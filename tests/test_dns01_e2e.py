@@ -8,7 +8,6 @@ TXT records over real DNS. Services are parsed from TOML by the real config code
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -144,7 +143,9 @@ def test_cname_delegation_updates_the_target_zone(
     assert bind.txt("sub.acme.example.net") == set()
 
 
-def test_exec_hook_with_lego_contract(bind: Bind, issuer: AcmeIssuer, tmp_path: Path) -> None:
+def test_exec_hook_with_lego_contract(
+    bind: Bind, issuer: AcmeIssuer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The exec hook (a shell script calling nsupdate) is called as lego calls it —
     ``present FQDN. VALUE`` then ``cleanup FQDN. VALUE``, with only the configured environment —
     the wildcard+apex certificate is issued through it, and the records are gone afterwards."""
@@ -160,11 +161,8 @@ def test_exec_hook_with_lego_contract(bind: Bind, issuer: AcmeIssuer, tmp_path: 
         "timeout": 20,
     }
     spec = service(bind, tmp_path, ["*.example.test", "example.test"], hook)
-    os.environ["ROTATORD_TEST_LEAK"] = "must-not-reach-the-hook"
-    try:
-        cert = issue(issuer, spec)
-    finally:
-        del os.environ["ROTATORD_TEST_LEAK"]
+    monkeypatch.setenv("ROTATORD_TEST_LEAK", "must-not-reach-the-hook")
+    cert = issue(issuer, spec)
     assert sans(cert) == {"*.example.test", "example.test"}
     calls = [line.split() for line in log.read_text().splitlines()]
     assert [c[:2] for c in calls] == [["present", "_acme-challenge.example.test."]] * 2 + [
