@@ -80,6 +80,7 @@ class PebbleOptions(TypedDict, total=False):
     http_port: int | None
     keep_workdir: bool
     extra_env: Mapping[str, str] | None
+    dns_server: str | None
 
 
 class PebbleFactory(Protocol):
@@ -346,6 +347,8 @@ class PebbleServer(StartStop):
         removed).
     :param extra_env: extra environment for ``pebble`` (e.g. ``PEBBLE_CHAIN_LENGTH``); ``PEBBLE_*``
         variables inherited from this process are not passed on.
+    :param dns_server: ``127.0.0.1:PORT`` of a DNS server Pebble resolves through instead of
+        challtestsrv (a test BIND, so DNS-01 validation reads what the client wrote there).
     """
 
     def __init__(
@@ -359,7 +362,11 @@ class PebbleServer(StartStop):
         http_port: int | None = None,
         keep_workdir: bool = False,
         extra_env: Mapping[str, str] | None = None,
+        dns_server: str | None = None,
     ) -> None:
+        if dns_server is not None and not dns_server.startswith(f"{LOOPBACK}:"):
+            raise ValueError("dns_server must be 127.0.0.1:PORT (tests dial loopback only)")
+        self.dns_server = dns_server
         if validity_seconds is not None and validity_seconds < 1:
             raise ValueError("validity_seconds must be positive")
         if nonce_reject is not None and not 0 <= nonce_reject <= 100:
@@ -661,7 +668,7 @@ class PebbleServer(StartStop):
         argv = [
             binary,
             "-config", str(self.config_path),
-            "-dnsserver", f"{LOOPBACK}:{ports.dns}",
+            "-dnsserver", self.dns_server or f"{LOOPBACK}:{ports.dns}",
             "-strict",
         ]  # fmt: skip
         self._pebble = self._popen(argv, PEBBLE_LOG, env)

@@ -45,6 +45,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from rotatord.core.dns01 import Dns01
 from rotatord.core.errors import ConfigError, Problem
 from rotatord.core.model import (
     SECRET_FORMATS,
@@ -104,7 +105,7 @@ _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_RE: Final = re.compile(r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}")
 
-_TOP_KEYS: Final = ("daemon", "acme", "reload_targets", "services")
+_TOP_KEYS: Final = ("daemon", "acme", "reload_targets", "dns", "services")
 _DAEMON_KEYS: Final = (
     "state_dir",
     "audit_log",
@@ -149,7 +150,7 @@ _SERVICE_KEYS: Final = (
     "probe",
     "probe_deadline",
 )
-_CHALLENGE_KEYS: Final = ("type", "listen", "webroot")
+_CHALLENGE_KEYS: Final = ("type", "listen", "webroot", "provider")
 _RELOAD_KEYS: Final = (
     "command",
     "env",
@@ -248,6 +249,11 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             if target is not None:
                 targets[name] = target
 
+    if "dns" in root:
+        from rotatord import config_dns  # it imports this module back
+
+        ctx.dns = config_dns.providers(ctx, root["dns"])
+
     services: dict[str, ServiceSpec] = {}
     services_root = _table(ctx, root["services"], "services") if "services" in root else {}
     for name, raw in (services_root or {}).items():
@@ -288,6 +294,7 @@ class _Ctx:
         self.outputs_below: dict[tuple[str, ...], list[Path]] = {}
         self.output_dir_parts: dict[tuple[str, ...], Path] = {}
         self.state_dir = DaemonSpec().state_dir
+        self.dns: dict[str, Any] = {}  # [dns.<name>] -> Dns01, or None when it has problems
         parent = source.parent
         if not parent.is_absolute():
             try:
@@ -860,6 +867,7 @@ def _service(
     if "probe" in table:
         probes = _probes(ctx, table["probe"], _join(path, "probe"))
     probe_deadline = _seconds(ctx, table, "probe_deadline", path, MAX_PROBE_DEADLINE_SECONDS)
+    _wildcards_need_dns(ctx, domains, challenge, path)
 
     if (
         not name_ok
@@ -885,6 +893,20 @@ def _service(
         probes=probes,
         probe_deadline_seconds=15.0 if probe_deadline is None else probe_deadline,
     )
+
+
+def _wildcards_need_dns(
+    ctx: _Ctx, domains: Sequence[str] | None, challenge: Challenge | None, path: str
+) -> None:
+    if challenge is None or isinstance(challenge, Dns01):
+        return
+    for index, name in enumerate(domains or ()):
+        if name.startswith("*."):
+            ctx.add(
+                _item(_join(path, "domains"), index),
+                f"{_show(name)}: a wildcard can only be validated over dns-01; set "
+                f'[{_join(path, "challenge")}] type = "dns-01" with a provider',
+            )
 
 
 def _target_refs(
@@ -1005,7 +1027,8 @@ def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
             ctx.add(where, f"expected a DNS name string, got {_kind(item)}")
             ok = False
             continue
-        problem = _domain_problem(item)
+        # A wildcard's base must be a valid name; that it needs dns-01 is checked later.
+        problem = _domain_problem(item[2:] if item.startswith("*.") else item)
         if problem is not None:
             ctx.add(where, f"{_show(item)} is not a valid DNS name: {problem}")
             ok = False
@@ -1075,8 +1098,15 @@ def _challenge(ctx: _Ctx, raw: object, path: str) -> Challenge | None:
     before = len(ctx.problems)
 
     kind = _string(ctx, table, "type", path)
+    if kind == "dns-01":
+        from rotatord import config_dns  # it imports this module back
+
+        dns01 = config_dns.challenge(ctx, table, path)
+        return dns01 if len(ctx.problems) == before else None
     if kind is not None and kind != "http-01":
-        ctx.add(_join(path, "type"), f"only 'http-01' is supported, got {_show(kind)}")
+        ctx.add(_join(path, "type"), f"expected 'http-01' or 'dns-01', got {_show(kind)}")
+    if "provider" in table:
+        ctx.add(_join(path, "provider"), "'provider' belongs to dns-01 (type = \"dns-01\")")
 
     if "listen" in table and "webroot" in table:
         ctx.add(

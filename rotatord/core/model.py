@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from rotatord.core.dns01 import Dns01
 from rotatord.core.text import serial_text
 
 
@@ -120,7 +121,7 @@ class Http01Webroot:
     webroot: Path
 
 
-Challenge = Http01Standalone | Http01Webroot
+Challenge = Http01Standalone | Http01Webroot | Dns01
 
 
 # --------------------------------------------------------------------------- reload actions

@@ -26,7 +26,7 @@ class IssuerCache:
     def __init__(self, config: Config, clock: Clock) -> None:
         self._config = config
         self._clock = clock
-        self._solvers = Solvers()
+        self._solvers = Solvers(clock=clock)
         self._issuers: dict[str, AcmeIssuer] = {}
         self._lock = threading.Lock()
 

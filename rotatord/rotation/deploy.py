@@ -150,7 +150,9 @@ class Deployer:
         if self._prober is None:
             return None
         for spec in ctx.spec.probes:
-            sni = spec.sni or ctx.spec.domains[0]
+            # A wildcard is no host name to send as SNI: the first plain name, or one it covers.
+            first = next((d for d in ctx.spec.domains if not d.startswith("*.")), None)
+            sni = spec.sni or first or "wildcard" + ctx.spec.domains[0][1:]
             res = self._prober.probe(spec, sni, expected, ctx.spec.probe_deadline_seconds)
             fields = {
                 "endpoint": res.endpoint,

@@ -22,8 +22,11 @@ from typing import Protocol
 from acme import challenges, messages
 from josepy.jwk import JWK
 
+from rotatord.clock import Clock, SystemClock
+from rotatord.core.dns01 import Dns01
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
+from rotatord.issuing.challenges.dns01 import Dns01Solver
 from rotatord.issuing.challenges.http01 import StandalonePool, webroot_serving
 
 
@@ -164,13 +167,18 @@ class Http01WebrootSolver:
 class Solvers:
     """Builds a ``Solver`` for a service's configured challenge; owns the shared listeners."""
 
-    def __init__(self, http01_pool: StandalonePool | None = None) -> None:
+    def __init__(
+        self, http01_pool: StandalonePool | None = None, *, clock: Clock | None = None
+    ) -> None:
         self.http01_pool = http01_pool or StandalonePool()
+        self.clock = clock or SystemClock()  # DNS-01 propagation polling
 
     def for_challenge(self, challenge: Challenge) -> Solver:
         """A fresh solver for one order (solvers keep per-order state; the pools are shared)."""
         if isinstance(challenge, Http01Standalone):
             return Http01StandaloneSolver(self.http01_pool, challenge)
+        if isinstance(challenge, Dns01):
+            return Dns01Solver(challenge, self.clock)
         return Http01WebrootSolver(challenge)
 
     def close(self) -> None:
