@@ -45,6 +45,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from rotatord.core import identifiers
 from rotatord.core.errors import ConfigError, Problem
 from rotatord.core.model import (
     SECRET_FORMATS,
@@ -66,6 +67,8 @@ from rotatord.core.model import (
     ServiceSpec,
     SignalReload,
     SystemdReload,
+    TlsAlpn01,
+    challenge_type,
 )
 
 __all__ = ["SAFE_NAME_RE", "load_config", "parse_config"]
@@ -820,9 +823,16 @@ def _service(
     _known_keys(ctx, table, path, _SERVICE_KEYS)
     before = len(ctx.problems)
 
+    # The challenge first: which identifiers are allowed depends on it.
+    challenge: Challenge | None = Http01Standalone()
+    if "challenge" in table:
+        challenge = _challenge(ctx, table["challenge"], _join(path, "challenge"))
+
     domains: tuple[str, ...] | None = None
-    if _required(ctx, table, "domains", path, "a non-empty array of DNS names"):
+    if _required(ctx, table, "domains", path, "a non-empty array of DNS names or IP addresses"):
         domains = _domains(ctx, table["domains"], _join(path, "domains"))
+    if domains is not None and challenge is not None:
+        _identifiers_for(ctx, domains, challenge_type(challenge), _join(path, "domains"))
 
     account = _account(ctx, table, path, acme_names)
     key_type = _choice(ctx, table, "key_type", path, KeyType)
@@ -830,10 +840,6 @@ def _service(
     renew_before = _renew_before(ctx, table, path)
     key_group = _group(ctx, table, "key_group", path)
     keep = _int(ctx, table, "keep_versions", path, 2, MAX_KEEP_VERSIONS)
-
-    challenge: Challenge | None = Http01Standalone()
-    if "challenge" in table:
-        challenge = _challenge(ctx, table["challenge"], _join(path, "challenge"))
 
     reload: tuple[ReloadAction, ...] = ()
     if "reload" in table:
@@ -978,6 +984,40 @@ def _domain_problem(name: str) -> str | None:
     return None
 
 
+def _identifier_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a certificate identifier (a DNS name, ``*.`` wildcard or IP
+    address; which challenge can validate it is checked later), or None."""
+    if name.isascii() and "%" in name and identifiers.is_ip(name.split("%", 1)[0]):
+        return "a scoped IPv6 address (with a %zone) cannot be validated by a CA"
+    ip = identifiers.ip_of(name) if name.isascii() else None
+    if ip is not None:
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            return f"an IPv4-mapped IPv6 address; write the IPv4 address {ip.ipv4_mapped}"
+        if ip.is_unspecified or ip.is_multicast:
+            return "not a unicast address"
+        return None
+    if name.startswith("*."):
+        return _domain_problem(name[2:])
+    return _domain_problem(name)
+
+
+def _challenge_problem(name: str, kind: str) -> str | None:
+    """Why challenge type ``kind`` cannot validate identifier ``name``, or None (RFC 8738 §7:
+    no DNS-01 for an address; RFC 8555 §7.1.3: only DNS-01 for a wildcard)."""
+    if identifiers.is_ip(name) and kind == "dns-01":
+        return "is an IP address, which dns-01 cannot validate; use http-01 or tls-alpn-01"
+    if name.startswith("*.") and kind != "dns-01":
+        return f"is a wildcard name, which only dns-01 can validate, not {kind}"
+    return None
+
+
+def _identifiers_for(ctx: _Ctx, names: Sequence[str], kind: str, path: str) -> None:
+    for index, name in enumerate(names):
+        problem = _challenge_problem(name, kind)
+        if problem is not None:
+            ctx.add(_item(path, index), f"{_show(name)} {problem} (see the service's challenge)")
+
+
 def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
     if not isinstance(value, list | tuple):
         ctx.add(path, f"expected an array of DNS names, got {_kind(value)}")
@@ -997,12 +1037,12 @@ def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
             ctx.add(where, f"expected a DNS name string, got {_kind(item)}")
             ok = False
             continue
-        problem = _domain_problem(item)
+        problem = _identifier_problem(item)
         if problem is not None:
-            ctx.add(where, f"{_show(item)} is not a valid DNS name: {problem}")
+            ctx.add(where, f"{_show(item)} is not a valid DNS name or IP address: {problem}")
             ok = False
             continue
-        lowered = item.lower()
+        lowered = identifiers.normalise(item)
         if lowered in first_index:
             ctx.add(where, f"{_show(item)} is listed twice (also at index {first_index[lowered]})")
             ok = False
@@ -1067,8 +1107,17 @@ def _challenge(ctx: _Ctx, raw: object, path: str) -> Challenge | None:
     before = len(ctx.problems)
 
     kind = _string(ctx, table, "type", path)
-    if kind is not None and kind != "http-01":
-        ctx.add(_join(path, "type"), f"only 'http-01' is supported, got {_show(kind)}")
+    if kind is not None and kind not in ("http-01", "tls-alpn-01"):
+        ctx.add(
+            _join(path, "type"),
+            f"supported types are 'http-01' and 'tls-alpn-01', got {_show(kind)}",
+        )
+    if kind == "tls-alpn-01" and "webroot" in table:
+        ctx.add(
+            _join(path, "webroot"),
+            "tls-alpn-01 is answered by rotatord's own responder ('listen'); 'webroot' is for "
+            "http-01",
+        )
 
     if "listen" in table and "webroot" in table:
         ctx.add(
@@ -1088,6 +1137,8 @@ def _challenge(ctx: _Ctx, raw: object, path: str) -> Challenge | None:
     webroot = _path(ctx, table, "webroot", path)
     if webroot is not None:
         challenge = Http01Webroot(webroot=webroot)
+    if kind == "tls-alpn-01" and isinstance(challenge, Http01Standalone):
+        challenge = TlsAlpn01(host=challenge.host, port=challenge.port if listen else 443)
     return challenge if len(ctx.problems) == before else None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
-from rotatord.core import keys
+from rotatord.core import identifiers, keys
 from rotatord.core.errors import AuditError, ReloadError, StoreError
 from rotatord.core.model import Config, ReloadAction, ReloadTarget, ServiceSpec
 from rotatord.deploy.outputs import publish as publish_outputs
@@ -155,7 +155,7 @@ class Deployer:
         if self._prober is None:
             return None
         for spec in ctx.spec.probes:
-            sni = spec.sni or ctx.spec.domains[0]
+            sni = spec.sni or identifiers.default_sni(ctx.spec.domains)
             res = self._prober.probe(spec, sni, expected, ctx.spec.probe_deadline_seconds)
             fields = {
                 "endpoint": res.endpoint,

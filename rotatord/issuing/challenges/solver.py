@@ -19,8 +19,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
+from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot, TlsAlpn01
 from rotatord.issuing.challenges.http01 import StandalonePool, webroot_serving
+from rotatord.issuing.challenges.tlsalpn01 import TlsAlpn01Solver, TlsAlpnPool
 
 
 @dataclass(frozen=True)
@@ -138,15 +139,21 @@ class Http01WebrootSolver:
 class Solvers:
     """Builds a ``Solver`` for a service's configured challenge; owns the shared listeners."""
 
-    def __init__(self, http01_pool: StandalonePool | None = None) -> None:
+    def __init__(
+        self, http01_pool: StandalonePool | None = None, tlsalpn01_pool: TlsAlpnPool | None = None
+    ) -> None:
         self.http01_pool = http01_pool or StandalonePool()
+        self.tlsalpn01_pool = tlsalpn01_pool or TlsAlpnPool()
 
     def for_challenge(self, challenge: Challenge) -> Solver:
         """A fresh solver for one order (solvers keep per-order state; the pools are shared)."""
         if isinstance(challenge, Http01Standalone):
             return Http01StandaloneSolver(self.http01_pool, challenge)
+        if isinstance(challenge, TlsAlpn01):
+            return TlsAlpn01Solver(self.tlsalpn01_pool, challenge)
         return Http01WebrootSolver(challenge)
 
     def close(self) -> None:
         """Close every listener now (daemon shutdown, end of a CLI run)."""
         self.http01_pool.close()
+        self.tlsalpn01_pool.close()
