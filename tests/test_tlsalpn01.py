@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from cryptography import x509
+from structlog.testing import capture_logs
 
 from rotatord.core.model import TlsAlpn01
 from rotatord.issuing.challenges import tlshello
@@ -190,14 +191,19 @@ def test_slow_senders_are_cut_at_the_deadline_and_hold_no_slot_past_it() -> None
     deadline = 0.5
     server = AlpnResponder("127.0.0.1", 0, Limits(2, deadline, deadline, tlshello.MAX_HELLO))
     server.tokens["alpn.example.test"] = KEYAUTH
-    slow = [socket.create_connection(server.address, timeout=5) for _ in range(2)]
+    slow: list[socket.socket] = []
     try:
-        for sock in slow:
-            sock.sendall(bytes([22, 3, 1, 0, 200, 1]))  # a record that never completes
-        start = time.monotonic()
-        handshake(server.address[1], "alpn.example.test")
+        with capture_logs() as logs:
+            slow += [socket.create_connection(server.address, timeout=5) for _ in range(2)]
+            for sock in slow:
+                sock.sendall(bytes([22, 3, 1, 0, 200, 1]))  # a record that never completes
+            start = time.monotonic()
+            handshake(server.address[1], "alpn.example.test")
         assert time.monotonic() - start >= deadline * 0.8, "the validator waited for a slot"
         assert server.timed_out == 2
+        caps = [e for e in logs if e["event"] == "listener_connection_cap_reached"]
+        assert len(caps) == 1, "the cap is logged once, not per connection"
+        assert caps[0]["max_connections"] == 2
         for sock in slow:
             assert sock.recv(64) == b"", "closed by the responder"
     finally:

@@ -45,7 +45,7 @@ from rotatord.core import identifiers
 from rotatord.core.model import TlsAlpn01
 from rotatord.issuing.challenges import tlshello
 from rotatord.issuing.challenges.http01 import LINGER_SECONDS, StandalonePool
-from rotatord.listener import BACKLOG, EVICT_IDLE, Limits
+from rotatord.listener import BACKLOG, CAP_LOG_INTERVAL, EVICT_IDLE, Limits
 from rotatord.observe.logging import get_logger
 
 if TYPE_CHECKING:
@@ -153,6 +153,7 @@ class AlpnResponder:
         self.refused = 0
         self.timed_out = 0
         self.evicted = 0
+        self._cap_logged_at: float | None = None
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -249,6 +250,16 @@ class AlpnResponder:
             self.evicted += 1
             self._close(victim)
             return True
+        if self._cap_logged_at is None or now - self._cap_logged_at >= CAP_LOG_INTERVAL:
+            self._cap_logged_at = now  # counts, once a minute at most, never per connection
+            log.warning(
+                "listener_connection_cap_reached",
+                listener=f"tlsalpn01-{self.address[1]}",
+                max_connections=self._limits.max_connections,
+                evicted_idle=self.evicted,
+                timed_out=self.timed_out,
+                next_report_within_seconds=CAP_LOG_INTERVAL,
+            )
         return False
 
     def _set_accepting(self, on: bool) -> None:
