@@ -78,6 +78,7 @@ class PebbleOptions(TypedDict, total=False):
     eab_keys: dict[str, str] | None
     workdir: Path | None
     http_port: int | None
+    tls_port: int | None
     keep_workdir: bool
     extra_env: Mapping[str, str] | None
     dns_server: str | None
@@ -116,7 +117,7 @@ class _Ports:
     challtestsrv_management: int
 
 
-def _pick_ports(http_port: int | None) -> _Ports:
+def _pick_ports(http_port: int | None, tls_port: int | None = None) -> _Ports:
     """Pick distinct free 127.0.0.1 ports; the DNS port is free for both TCP and UDP.
 
     All probe sockets stay bound until every port is chosen so no port is handed out twice; they
@@ -134,7 +135,7 @@ def _pick_ports(http_port: int | None) -> _Ports:
         def free_tcp() -> int:
             while True:
                 port = bind(socket.SOCK_STREAM)
-                if port != http_port:
+                if port not in (http_port, tls_port):
                     return port
 
         def free_tcp_and_udp() -> int:
@@ -149,7 +150,8 @@ def _pick_ports(http_port: int | None) -> _Ports:
 
         listen, management = free_tcp(), free_tcp()
         http = http_port if http_port is not None else free_tcp()
-        tls, dns, mgmt = free_tcp(), free_tcp_and_udp(), free_tcp()
+        tls = tls_port if tls_port is not None else free_tcp()
+        dns, mgmt = free_tcp_and_udp(), free_tcp()
         return _Ports(listen, management, http, tls, dns, mgmt)
 
 
@@ -343,6 +345,7 @@ class PebbleServer(StartStop):
     :param eab_keys: ``{kid: base64url HMAC key}``; when non-empty, accounts need EAB.
     :param workdir: directory for config, certificates and logs (default: a new ``/tmp/pbl-*``).
     :param http_port: port Pebble's VA dials for HTTP-01 (default: a free loopback port).
+    :param tls_port: port Pebble's VA dials for TLS-ALPN-01 (default: a free loopback port).
     :param keep_workdir: keep a temporary workdir after :meth:`stop` (a given workdir is never
         removed).
     :param extra_env: extra environment for ``pebble`` (e.g. ``PEBBLE_CHAIN_LENGTH``); ``PEBBLE_*``
@@ -360,6 +363,7 @@ class PebbleServer(StartStop):
         eab_keys: dict[str, str] | None = None,
         workdir: Path | None = None,
         http_port: int | None = None,
+        tls_port: int | None = None,
         keep_workdir: bool = False,
         extra_env: Mapping[str, str] | None = None,
         dns_server: str | None = None,
@@ -383,6 +387,7 @@ class PebbleServer(StartStop):
         self.extra_env = dict(extra_env) if extra_env is not None else {}
         self._given_workdir = workdir
         self._given_http_port = http_port
+        self._given_tls_port = tls_port
         self._workdir: Path | None = None
         self._owns_workdir = False
         self._ports: _Ports | None = None
@@ -407,7 +412,7 @@ class PebbleServer(StartStop):
             _write_listener_pki(self.workdir)
             failure = ""
             for _attempt in range(START_ATTEMPTS):
-                self._ports = _pick_ports(self._given_http_port)
+                self._ports = _pick_ports(self._given_http_port, self._given_tls_port)
                 self._write_config()
                 self._start_challtestsrv(challtestsrv_bin)
                 self._start_pebble(pebble_bin)

@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from rotatord.core.dns01 import Dns01
+from rotatord.core import identifiers
 from rotatord.core.errors import ConfigError, Problem
 from rotatord.core.model import (
     SECRET_FORMATS,
@@ -67,6 +67,8 @@ from rotatord.core.model import (
     ServiceSpec,
     SignalReload,
     SystemdReload,
+    TlsAlpn01,
+    challenge_type,
 )
 
 __all__ = ["SAFE_NAME_RE", "load_config", "parse_config"]
@@ -835,9 +837,16 @@ def _service(
     _known_keys(ctx, table, path, _SERVICE_KEYS)
     before = len(ctx.problems)
 
+    # The challenge first: which identifiers are allowed depends on it.
+    challenge: Challenge | None = Http01Standalone()
+    if "challenge" in table:
+        challenge = _challenge(ctx, table["challenge"], _join(path, "challenge"))
+
     domains: tuple[str, ...] | None = None
-    if _required(ctx, table, "domains", path, "a non-empty array of DNS names"):
+    if _required(ctx, table, "domains", path, "a non-empty array of DNS names or IP addresses"):
         domains = _domains(ctx, table["domains"], _join(path, "domains"))
+    if domains is not None and challenge is not None:
+        _identifiers_for(ctx, domains, challenge_type(challenge), _join(path, "domains"))
 
     account = _account(ctx, table, path, acme_names)
     key_type = _choice(ctx, table, "key_type", path, KeyType)
@@ -845,10 +854,6 @@ def _service(
     renew_before = _renew_before(ctx, table, path)
     key_group = _group(ctx, table, "key_group", path)
     keep = _int(ctx, table, "keep_versions", path, 2, MAX_KEEP_VERSIONS)
-
-    challenge: Challenge | None = Http01Standalone()
-    if "challenge" in table:
-        challenge = _challenge(ctx, table["challenge"], _join(path, "challenge"))
 
     reload: tuple[ReloadAction, ...] = ()
     if "reload" in table:
@@ -867,7 +872,6 @@ def _service(
     if "probe" in table:
         probes = _probes(ctx, table["probe"], _join(path, "probe"))
     probe_deadline = _seconds(ctx, table, "probe_deadline", path, MAX_PROBE_DEADLINE_SECONDS)
-    _wildcards_need_dns(ctx, domains, challenge, path)
 
     if (
         not name_ok
@@ -893,20 +897,6 @@ def _service(
         probes=probes,
         probe_deadline_seconds=15.0 if probe_deadline is None else probe_deadline,
     )
-
-
-def _wildcards_need_dns(
-    ctx: _Ctx, domains: Sequence[str] | None, challenge: Challenge | None, path: str
-) -> None:
-    if challenge is None or isinstance(challenge, Dns01):
-        return
-    for index, name in enumerate(domains or ()):
-        if name.startswith("*."):
-            ctx.add(
-                _item(_join(path, "domains"), index),
-                f"{_show(name)}: a wildcard can only be validated over dns-01; set "
-                f'[{_join(path, "challenge")}] type = "dns-01" with a provider',
-            )
 
 
 def _target_refs(
@@ -1008,6 +998,43 @@ def _domain_problem(name: str) -> str | None:
     return None
 
 
+def _identifier_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a certificate identifier (a DNS name, ``*.`` wildcard or IP
+    address; which challenge can validate it is checked later), or None."""
+    if name.isascii() and "%" in name and identifiers.is_ip(name.split("%", 1)[0]):
+        return "a scoped IPv6 address (with a %zone) cannot be validated by a CA"
+    ip = identifiers.ip_of(name) if name.isascii() else None
+    if ip is not None:
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            return f"an IPv4-mapped IPv6 address; write the IPv4 address {ip.ipv4_mapped}"
+        if ip.is_unspecified or ip.is_multicast:
+            return "not a unicast address"
+        return None
+    if name.startswith("*."):
+        return _domain_problem(name[2:])
+    return _domain_problem(name)
+
+
+def _challenge_problem(name: str, kind: str) -> str | None:
+    """Why challenge type ``kind`` cannot validate identifier ``name``, or None (RFC 8738 §7:
+    no DNS-01 for an address; RFC 8555 §7.1.3: only DNS-01 for a wildcard)."""
+    if identifiers.is_ip(name) and kind == "dns-01":
+        return "is an IP address, which dns-01 cannot validate; use http-01 or tls-alpn-01"
+    if name.startswith("*.") and kind != "dns-01":
+        return (
+            f"is a wildcard name, which only dns-01 can validate, not {kind}; set the "
+            'challenge\'s type = "dns-01" with a provider'
+        )
+    return None
+
+
+def _identifiers_for(ctx: _Ctx, names: Sequence[str], kind: str, path: str) -> None:
+    for index, name in enumerate(names):
+        problem = _challenge_problem(name, kind)
+        if problem is not None:
+            ctx.add(_item(path, index), f"{_show(name)} {problem} (see the service's challenge)")
+
+
 def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
     if not isinstance(value, list | tuple):
         ctx.add(path, f"expected an array of DNS names, got {_kind(value)}")
@@ -1027,13 +1054,12 @@ def _domains(ctx: _Ctx, value: object, path: str) -> tuple[str, ...] | None:
             ctx.add(where, f"expected a DNS name string, got {_kind(item)}")
             ok = False
             continue
-        # A wildcard's base must be a valid name; that it needs dns-01 is checked later.
-        problem = _domain_problem(item[2:] if item.startswith("*.") else item)
+        problem = _identifier_problem(item)
         if problem is not None:
-            ctx.add(where, f"{_show(item)} is not a valid DNS name: {problem}")
+            ctx.add(where, f"{_show(item)} is not a valid DNS name or IP address: {problem}")
             ok = False
             continue
-        lowered = item.lower()
+        lowered = identifiers.normalise(item)
         if lowered in first_index:
             ctx.add(where, f"{_show(item)} is listed twice (also at index {first_index[lowered]})")
             ok = False
@@ -1103,10 +1129,19 @@ def _challenge(ctx: _Ctx, raw: object, path: str) -> Challenge | None:
 
         dns01 = config_dns.challenge(ctx, table, path)
         return dns01 if len(ctx.problems) == before else None
-    if kind is not None and kind != "http-01":
-        ctx.add(_join(path, "type"), f"expected 'http-01' or 'dns-01', got {_show(kind)}")
+    if kind is not None and kind not in ("http-01", "tls-alpn-01"):
+        ctx.add(
+            _join(path, "type"),
+            f"supported types are 'http-01', 'tls-alpn-01' and 'dns-01', got {_show(kind)}",
+        )
     if "provider" in table:
         ctx.add(_join(path, "provider"), "'provider' belongs to dns-01 (type = \"dns-01\")")
+    if kind == "tls-alpn-01" and "webroot" in table:
+        ctx.add(
+            _join(path, "webroot"),
+            "tls-alpn-01 is answered by rotatord's own responder ('listen'); 'webroot' is for "
+            "http-01",
+        )
 
     if "listen" in table and "webroot" in table:
         ctx.add(
@@ -1126,6 +1161,8 @@ def _challenge(ctx: _Ctx, raw: object, path: str) -> Challenge | None:
     webroot = _path(ctx, table, "webroot", path)
     if webroot is not None:
         challenge = Http01Webroot(webroot=webroot)
+    if kind == "tls-alpn-01" and isinstance(challenge, Http01Standalone):
+        challenge = TlsAlpn01(host=challenge.host, port=challenge.port if listen else 443)
     return challenge if len(ctx.problems) == before else None
 
 

@@ -127,7 +127,8 @@ def issue_leaf(
     *,
     serial: int | None = None,
 ) -> x509.Certificate:
-    """A TLS server leaf for ``key`` with ``names`` as dNSName SANs, signed by the intermediate."""
+    """A TLS server leaf for ``key`` with ``names`` as SANs (dNSName, or iPAddress for an
+    address), signed by the intermediate."""
     return (
         x509.CertificateBuilder()
         .subject_name(_name(names[0]))
@@ -137,9 +138,7 @@ def issue_leaf(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName(keys.san_entries(names)), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )

@@ -30,6 +30,7 @@ from rotatord.core.model import (
     ReloadTarget,
     SignalReload,
     SystemdReload,
+    TlsAlpn01,
 )
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -251,6 +252,14 @@ ACCEPTED: Final[list[tuple[KeyPath, object, str, object]]] = [
      Http01Webroot(Path("/var/www"))),
     (("services", "web", "domains"), ["WEB.Example.TEST", "a-b.example.test"], "domains",
      ("web.example.test", "a-b.example.test")),
+    # IP identifiers (RFC 8738), in their canonical spelling
+    (("services", "web", "domains"), ["192.0.2.1", "web.example.test"], "domains",
+     ("192.0.2.1", "web.example.test")),
+    (("services", "web", "domains"), ["2001:DB8:0:0::1", "::1"], "domains",
+     ("2001:db8::1", "::1")),
+    (("services", "web", "challenge"), {"type": "tls-alpn-01"}, "challenge", TlsAlpn01()),
+    (("services", "web", "challenge"), {"type": "tls-alpn-01", "listen": "[::1]:8443"},
+     "challenge", TlsAlpn01("::1", 8443)),
     (("services", "web", "key_type"), "rsa-3072", "key_type", KeyType.RSA_3072),
     (("services", "web", "reuse_key"), True, "reuse_key", True),
     (("services", "web", "renew_before"), "90s", "renew_before", timedelta(seconds=90)),
@@ -350,8 +359,8 @@ def test_many_mistakes_are_all_reported_at_once(tmp_path: Path) -> None:
         "services.web.domain",
         "services.web.challenge.listen",
         "services.web.reload[1].timeout",
+        "services.api.domains[0]",  # a wildcard without dns-01: checked with the domains
         "services.api.account",
-        "services.api.domains[0]",  # a wildcard without dns-01: checked after the challenge
     ]
     assert all(p.file == str(source_in(tmp_path)) for p in problems)
     assert "did you mean 'domains'?" in problems[2].message
@@ -421,8 +430,14 @@ REJECTED: Final[list[tuple[KeyPath, object, str, str]]] = [
      "expected an array"),
     (("services", "web", "domains"), [1], "services.web.domains[0]", "got an integer"),
     (("services", "web", "domains"), ["*.example.test"], "services.web.domains[0]", "wildcard"),
-    (("services", "web", "domains"), ["192.0.2.1"], "services.web.domains[0]", "IP address"),
-    (("services", "web", "domains"), ["2001:db8::1"], "services.web.domains[0]", "IP address"),
+    (("services", "web", "domains"), ["a.test", "*.example.test"], "services.web.domains[1]",
+     "which only dns-01 can validate, not http-01"),
+    (("services", "web", "domains"), ["::ffff:192.0.2.1"], "services.web.domains[0]",
+     "write the IPv4 address 192.0.2.1"),
+    (("services", "web", "domains"), ["fe80::1%eth0"], "services.web.domains[0]", "scoped"),
+    (("services", "web", "domains"), ["0.0.0.0"], "services.web.domains[0]", "unicast"),
+    (("services", "web", "domains"), ["::1", "0::1"], "services.web.domains[1]", "twice"),
+    (("services", "web", "domains"), ["*.192.0.2.1"], "services.web.domains[0]", "IP address"),
     (("services", "web", "domains"), ["-bad.example.test"], "services.web.domains[0]", "label"),
     (("services", "web", "domains"), ["bad-.example.test"], "services.web.domains[0]", "label"),
     (("services", "web", "domains"), ["a_b.example.test"], "services.web.domains[0]", "label"),
@@ -459,7 +474,9 @@ REJECTED: Final[list[tuple[KeyPath, object, str, str]]] = [
     # challenge
     (("services", "web", "challenge"), "http-01", "services.web.challenge", "must be a table"),
     (("services", "web", "challenge", "type"), "bogus-01", "services.web.challenge.type",
-     "expected 'http-01' or 'dns-01'"),
+     "supported types are 'http-01', 'tls-alpn-01' and 'dns-01'"),
+    (("services", "web", "challenge"), {"type": "tls-alpn-01", "webroot": "/var/www"},
+     "services.web.challenge.webroot", "'webroot' is for http-01"),
     (("services", "web", "challenge", "lisen"), "x", "services.web.challenge.lisen",
      "did you mean 'listen'?"),
     (("services", "web", "challenge", "webroot"), "/var/www", "services.web.challenge",

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from rotatord.core import identifiers
 from rotatord.core.errors import VerificationError
 from rotatord.core.model import CertInfo, KeyType
 from rotatord.core.text import serial_text
@@ -84,16 +85,27 @@ def cert_fingerprint(cert: x509.Certificate) -> str:
 
 
 def make_csr(key: PrivateKey, names: Sequence[str]) -> bytes:
-    """A PEM CSR carrying every name as a dNSName SAN (the CN, when it fits, is the first name)."""
+    """A PEM CSR carrying every name as a SAN: dNSName, or iPAddress for an IP address
+    (RFC 8738 §3). The CN, when it fits, is the first name."""
     # CN is limited to 64 characters; a longer first name gets an empty subject (the SAN is
-    # what counts, and cryptography refuses a CSR without any subject).
-    cn = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if len(names[0]) <= 64 else []
+    # what counts, and cryptography refuses a CSR without any subject). An address never goes
+    # in the CN: CAs issuing IP certificates leave it out, and the SAN carries it.
+    first = names[0]
+    fits = len(first) <= 64 and not identifiers.is_ip(first)
+    cn = [x509.NameAttribute(NameOID.COMMON_NAME, first)] if fits else []
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(cn))
-    builder = builder.add_extension(
-        x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-    )
+    builder = builder.add_extension(x509.SubjectAlternativeName(san_entries(names)), critical=False)
     csr = builder.sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def san_entries(names: Sequence[str]) -> list[x509.GeneralName]:
+    """SAN entries for ``names``: an iPAddress for an address, a dNSName otherwise."""
+    out: list[x509.GeneralName] = []
+    for name in names:
+        ip = identifiers.ip_of(name)
+        out.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(name))
+    return out
 
 
 def split_pem_chain(pem: bytes) -> list[x509.Certificate]:
@@ -110,7 +122,9 @@ def cert_names(cert: x509.Certificate) -> tuple[str, ...]:
     except x509.ExtensionNotFound:
         return ()
     assert isinstance(san, x509.SubjectAlternativeName)
-    return tuple(str(n).lower() for n in san.get_values_for_type(x509.DNSName))
+    dns = tuple(str(n).lower() for n in san.get_values_for_type(x509.DNSName))
+    # str() of an address is its canonical spelling, the one config normalises to.
+    return dns + tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
 
 
 def cert_info(cert: x509.Certificate) -> CertInfo:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
+from typing import assert_never
 
 from rotatord.core.dns01 import Dns01
 from rotatord.core.text import serial_text
@@ -121,7 +122,29 @@ class Http01Webroot:
     webroot: Path
 
 
-Challenge = Http01Standalone | Http01Webroot | Dns01
+@dataclass(frozen=True)
+class TlsAlpn01:
+    """Answer TLS-ALPN-01 (RFC 8737) from our own responder on ``host:port`` (443 in
+    production: the CA always connects there)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - the CA connects to port 443 of the name's address
+    port: int = 443
+
+
+Challenge = Http01Standalone | Http01Webroot | TlsAlpn01 | Dns01
+
+
+def challenge_type(challenge: Challenge) -> str:
+    """The ACME challenge type a configured challenge answers (config checks which identifiers
+    it can validate: no wildcard without dns-01, no IP address with it). A new member of
+    ``Challenge`` must be added here: mypy stops at ``assert_never`` until it is."""
+    if isinstance(challenge, TlsAlpn01):
+        return "tls-alpn-01"
+    if isinstance(challenge, Http01Standalone | Http01Webroot):
+        return "http-01"
+    if isinstance(challenge, Dns01):
+        return "dns-01"
+    assert_never(challenge)
 
 
 # --------------------------------------------------------------------------- reload actions
@@ -194,7 +217,8 @@ class OutputSpec:
 class ProbeSpec:
     """A TLS endpoint that must serve the new certificate after the reload.
 
-    Exactly one of ``host``+``port`` or ``unix_socket``; ``sni`` defaults to the first domain.
+    Exactly one of ``host``+``port`` or ``unix_socket``; ``sni`` defaults to the first DNS name
+    of the service (``identifiers.default_sni``).
     """
 
     host: str | None = None

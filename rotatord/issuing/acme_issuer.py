@@ -46,6 +46,7 @@ from rotatord.issuing.acme_net import (
     problem_code,
     translate,
 )
+from rotatord.issuing.challenges import acme_types  # also registers tls-alpn-01
 from rotatord.issuing.challenges.solver import ChallengeTask, Solvers, solving, task_for
 from rotatord.issuing.problems import authorization_problems, invalid_error, with_problems
 from rotatord.issuing.trust import TrustAnchors, parse_chain
@@ -271,7 +272,7 @@ class AcmeIssuer:
     def _new_order(
         self, client: ClientV2, names: Sequence[str], replaces: str | None
     ) -> tuple[messages.Order, str, str | None]:
-        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names]
+        identifiers = [acme_types.identifier(n) for n in names]  # dns or ip (RFC 8738)
 
         def post(rep: str | None) -> requests.Response:
             order = NewOrderWithReplaces(identifiers=identifiers, replaces=rep)

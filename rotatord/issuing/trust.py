@@ -33,6 +33,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
+from rotatord.core.identifiers import ip_of
 from rotatord.core.model import AcmeSpec
 from rotatord.core.text import quote
 from rotatord.issuing.acme_net import exchange_deadline, read_bounded, watch
@@ -143,12 +144,16 @@ class TrustAnchors:
         name = names[0] if names else ""
         if name.startswith("*."):
             name = "wildcard" + name[1:]  # any name the wildcard covers
+        ip = ip_of(name)
+        subject: x509.DNSName | x509.IPAddress = (
+            x509.IPAddress(ip) if ip is not None else x509.DNSName(name)
+        )
         verifier = (
             PolicyBuilder()
             .store(Store(roots))
             .time(self._clock.now())
             .max_chain_depth(8)
-            .build_server_verifier(x509.DNSName(name))
+            .build_server_verifier(subject)
         )
         try:
             verifier.verify(chain[0], list(chain[1:]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 
-from rotatord.core import keys
+from rotatord.core import identifiers, keys
 from rotatord.core.errors import AuditError, ReloadError, StoreError
 from rotatord.core.model import Config, ReloadAction, ReloadTarget, ServiceSpec
 from rotatord.deploy.outputs import publish as publish_outputs
@@ -150,9 +150,11 @@ class Deployer:
         if self._prober is None:
             return None
         for spec in ctx.spec.probes:
-            # A wildcard is no host name to send as SNI: the first plain name, or one it covers.
-            first = next((d for d in ctx.spec.domains if not d.startswith("*.")), None)
-            sni = spec.sni or first or "wildcard" + ctx.spec.domains[0][1:]
+            # A wildcard is no host name to send as SNI, an address is never sent as SNI.
+            plain = [d for d in ctx.spec.domains if not d.startswith("*.")]
+            sni = spec.sni or (
+                identifiers.default_sni(plain) if plain else "wildcard" + ctx.spec.domains[0][1:]
+            )
             res = self._prober.probe(spec, sni, expected, ctx.spec.probe_deadline_seconds)
             fields = {
                 "endpoint": res.endpoint,

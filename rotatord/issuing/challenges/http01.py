@@ -19,9 +19,10 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import Http01Standalone, Http01Webroot
@@ -120,9 +121,27 @@ class _ChallengeServer:
         self.listener.close()
 
 
+class Address(Protocol):
+    """Where a standalone responder listens (``Http01Standalone``, ``TlsAlpn01``)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+class Served(Protocol):
+    """What the pool shares: a running server and the tokens it answers for."""
+
+    tokens: dict[str, str]
+    tokens_lock: threading.Lock
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class _Entry:
-    server: _ChallengeServer
+    server: Served
     refs: int = 0
     linger: threading.Timer | None = None
 
@@ -135,23 +154,33 @@ class StandalonePool:
     certificate (binding and closing for each order would also churn the CA's connections).
     """
 
-    def __init__(self, linger: float = LINGER_SECONDS, limits: Limits = HTTP01_LIMITS) -> None:
+    def __init__(
+        self,
+        linger: float = LINGER_SECONDS,
+        limits: Limits = HTTP01_LIMITS,
+        *,
+        start: Callable[[str, int, Limits], Served] = _ChallengeServer,
+        what: str = "HTTP-01",
+    ) -> None:
         self._lock = threading.Lock()
         self._linger = linger
         self._limits = limits
+        self._start = start
+        self._what = what
         self._servers: dict[tuple[str, int], _Entry] = {}
 
-    def _acquire(self, spec: Http01Standalone) -> _Entry:
+    def _acquire(self, spec: Address) -> _Entry:
         key = (spec.host, spec.port)
         with self._lock:
             entry = self._servers.get(key)
             if entry is None:
                 try:
-                    server = _ChallengeServer(spec.host, spec.port, self._limits)
+                    server = self._start(spec.host, spec.port, self._limits)
                 except OSError as exc:
                     retry = exc.errno in (errno.EADDRINUSE, errno.EACCES)
                     raise IssuanceError(
-                        f"cannot listen on {spec.host}:{spec.port} for HTTP-01: {exc.strerror}",
+                        f"cannot listen on {spec.host}:{spec.port} for {self._what}: "
+                        f"{exc.strerror}",
                         retryable=retry,
                     ) from exc
                 entry = _Entry(server)
@@ -162,7 +191,7 @@ class StandalonePool:
             entry.refs += 1
             return entry
 
-    def _release(self, spec: Http01Standalone, entry: _Entry) -> None:
+    def _release(self, spec: Address, entry: _Entry) -> None:
         with self._lock:
             entry.refs -= 1
             if entry.refs > 0:
@@ -190,9 +219,14 @@ class StandalonePool:
 
     def listener_for(self, spec: Http01Standalone) -> Listener | None:
         """The running listener for ``spec``'s address, if any (its counters, for tests)."""
+        server = self.server_for(spec)
+        return server.listener if isinstance(server, _ChallengeServer) else None
+
+    def server_for(self, spec: Address) -> Served | None:
+        """The running server for ``spec``'s address, if any."""
         with self._lock:
             entry = self._servers.get((spec.host, spec.port))
-            return entry.server.listener if entry is not None else None
+            return entry.server if entry is not None else None
 
     def close(self) -> None:
         """Close every listener now (daemon shutdown, end of a CLI run)."""
@@ -201,7 +235,7 @@ class StandalonePool:
                 self._close_locked(key)
 
     @contextlib.contextmanager
-    def serving(self, spec: Http01Standalone, tokens: Mapping[str, str]) -> Iterator[None]:
+    def serving(self, spec: Address, tokens: Mapping[str, str]) -> Iterator[None]:
         entry = self._acquire(spec)
         try:
             with entry.server.tokens_lock:
@@ -210,8 +244,11 @@ class StandalonePool:
                 yield
             finally:
                 with entry.server.tokens_lock:
-                    for t in tokens:
-                        entry.server.tokens.pop(t, None)
+                    for t, v in tokens.items():
+                        # Only our own value: another rotation may have registered the same key
+                        # since (TLS-ALPN-01 keys by name, and two services may share one).
+                        if entry.server.tokens.get(t) == v:
+                            del entry.server.tokens[t]
         finally:
             self._release(spec, entry)
 

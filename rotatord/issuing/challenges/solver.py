@@ -25,9 +25,10 @@ from josepy.jwk import JWK
 from rotatord.clock import Clock, SystemClock
 from rotatord.core.dns01 import Dns01
 from rotatord.core.errors import IssuanceError
-from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot
+from rotatord.core.model import Challenge, Http01Standalone, Http01Webroot, TlsAlpn01
 from rotatord.issuing.challenges.dns01 import Dns01Solver
 from rotatord.issuing.challenges.http01 import StandalonePool, webroot_serving
+from rotatord.issuing.challenges.tlsalpn01 import TlsAlpn01Solver, TlsAlpnPool
 
 
 @dataclass(frozen=True)
@@ -168,9 +169,14 @@ class Solvers:
     """Builds a ``Solver`` for a service's configured challenge; owns the shared listeners."""
 
     def __init__(
-        self, http01_pool: StandalonePool | None = None, *, clock: Clock | None = None
+        self,
+        http01_pool: StandalonePool | None = None,
+        tlsalpn01_pool: TlsAlpnPool | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.http01_pool = http01_pool or StandalonePool()
+        self.tlsalpn01_pool = tlsalpn01_pool or TlsAlpnPool()
         self.clock = clock or SystemClock()  # DNS-01 propagation polling
 
     def for_challenge(self, challenge: Challenge) -> Solver:
@@ -179,8 +185,11 @@ class Solvers:
             return Http01StandaloneSolver(self.http01_pool, challenge)
         if isinstance(challenge, Dns01):
             return Dns01Solver(challenge, self.clock)
+        if isinstance(challenge, TlsAlpn01):
+            return TlsAlpn01Solver(self.tlsalpn01_pool, challenge)
         return Http01WebrootSolver(challenge)
 
     def close(self) -> None:
         """Close every listener now (daemon shutdown, end of a CLI run)."""
         self.http01_pool.close()
+        self.tlsalpn01_pool.close()
