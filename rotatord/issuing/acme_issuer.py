@@ -7,9 +7,9 @@ What we add to acme 5.9, and why:
   a 409 into a bare ConflictError).
 - Polling starts at 10 ms and backs off, honouring Retry-After, instead of fixed 1 s sleeps (those
   are most of certbot's ~2.8 s per certificate).
-- ``replaces`` (RFC 9773) on new orders.
+- ``replaces`` (RFC 9773) and ``profile`` (draft-ietf-acme-profiles) on new orders.
 - An account the CA no longer knows (a restarted test CA, a purged account) is re-registered with
-  the same key once, and the request retried.
+  the same key once, and the request retried. Rollover, contacts: ``account_ops``.
 
 Every library error leaves this module as ``IssuanceError`` (``raise ... from exc``).
 
@@ -37,12 +37,14 @@ from josepy.jwk import JWKEC
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec, Challenge
-from rotatord.issuing import IssuedCertificate, RenewalInfo, account, ari
+from rotatord.issuing import IssuedCertificate, RenewalInfo, account, account_ops, ari
+from rotatord.issuing.account import account_dir as account_dir
 from rotatord.issuing.acme_net import (
     NewOrderWithReplaces,
     UrlPolicy,
     _Network,
     _parse_retry_after,
+    check_profile,
     problem_code,
     translate,
 )
@@ -74,17 +76,17 @@ class AcmeIssuer:
     ) -> None:
         self.spec = spec
         self.directory_url = spec.directory
-        self._account_dir = account_dir
+        self._account_dir = self.account_dir = account_dir
         self._clock = clock
         self._solvers = solvers or Solvers()
         self._poll_schedule = tuple(poll_schedule)
         self._lock = threading.Lock()
         self._directory: messages.Directory | None = None
         self._key: JWKEC | None = None
+        self._key_stamp: tuple[int, int] | None = None
         self._account_uri: str | None = None
-        # Idle networks (a requests session with its open connection and a pool of unused
-        # nonces). Reusing them saves a TLS handshake and a HEAD newNonce per order; each one
-        # is used by one thread at a time, because acme's nonce set is not thread-safe.
+        # Idle networks (a session, its open connection, unused nonces) save a TLS handshake
+        # and a HEAD newNonce per order; one thread at a time each (acme's nonces are unsafe).
         self._idle: list[_Network] = []
         self._directory_failed_at: float | None = None
         self._directory_error = ""
@@ -97,7 +99,7 @@ class AcmeIssuer:
     def _net(self) -> Iterator[_Network]:
         with self._lock:
             net = self._idle.pop() if self._idle else None
-        if net is None:
+        if net is None or net.key is not self._account_key():  # the key was rolled over
             net = self._new_network()
         net.last_retry_after = None
         net.last_status = None
@@ -114,6 +116,12 @@ class AcmeIssuer:
             if net is not None:
                 net.session.close()
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[ClientV2]:
+        """A client for ``account_ops`` (issuing/ only: no acme object goes further)."""
+        with self._net() as net:
+            yield self._client(net)
+
     def close(self) -> None:
         """Close idle connections (the daemon calls this at shutdown)."""
         with self._lock:
@@ -123,7 +131,7 @@ class AcmeIssuer:
 
     def _new_network(self) -> _Network:
         verify: bool | str = str(self.spec.ca_bundle) if self.spec.ca_bundle else True
-        net = _Network(
+        return _Network(
             key=self._account_key(),
             alg=ES256,
             verify_ssl=verify,  # a CA bundle path: requests passes it on as verify=
@@ -132,11 +140,10 @@ class AcmeIssuer:
             clock=self._clock,
             url_policy=self._url_policy,
         )
-        return net
 
     def _check_negative_cache(self, failed_at: float | None = None) -> None:
-        """A thousand services planning at start-up against an unreachable CA make one
-        connection attempt every few seconds, not a thousand (and build no session for it)."""
+        """A thousand services planning against an unreachable CA make one connection
+        attempt every few seconds, not a thousand (and build no session for it)."""
         if failed_at is None:
             with self._lock:
                 if self._directory is not None:
@@ -170,8 +177,11 @@ class AcmeIssuer:
 
     def _account_key(self) -> JWKEC:
         with self._lock:
-            if self._key is None:
+            # One stat per order: ``rotatord account rollover`` may have replaced the key.
+            stamp = account.key_stamp(self._account_dir)
+            if self._key is None or stamp != self._key_stamp:
                 self._key = account.load_or_create_key(self._account_dir)
+                self._key_stamp, self._account_uri = account.key_stamp(self._account_dir), None
             return self._key
 
     def _load_account_uri(self) -> str | None:
@@ -181,27 +191,24 @@ class AcmeIssuer:
         return account.load_uri(self._account_dir, self.spec.directory)
 
     def _register(self, client: ClientV2) -> str:
-        reg = account.new_registration(self.spec, self._account_key(), client.directory)
-        # newAccount must be signed with the JWK, not a kid: forget any account we thought we had
-        # (after a CA lost our account, the stale kid would be rejected as "No JWK in JWS header").
-        client.net.account = None
-        try:
-            regr = client.new_account(reg)
-            uri = regr.uri
-        except errors.ConflictError as exc:
-            uri = exc.location  # the key is already registered: that account is ours
-        client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        account.save_uri(self._account_dir, uri, self.spec.directory)
+        uri = account_ops.register(client, self.spec, self._account_dir, self._account_key())
         with self._lock:
             self._account_uri = uri
-        log.info("acme_account_registered", account=self.spec.name, uri=uri)
         return uri
 
     def _ensure_account(self, client: ClientV2) -> None:
+        with self._lock:
+            settled = self._account_uri is not None
+        if not settled and (self._account_dir / account.PENDING_NAME).exists():
+            with account.locked(self._account_dir):  # a rollover was interrupted: settle it
+                account_ops.resolve_pending(client, self.spec, self._account_dir)
+            client.net.key = self._account_key()
         uri = self._load_account_uri()
         if uri is None:
             self._register(client)
             return
+        if not settled:  # first use of this spec: the config's contacts may have changed
+            account_ops.sync_contact(client, self.spec, self._account_dir, uri)
         with self._lock:
             self._account_uri = uri
         client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
@@ -243,6 +250,7 @@ class AcmeIssuer:
         challenge: Challenge,
         *,
         replaces: str | None = None,
+        profile: str | None = None,
     ) -> IssuedCertificate:
         with self._net() as net:
             # Every exchange of the order, the directory and account included, ends by then.
@@ -250,7 +258,8 @@ class AcmeIssuer:
             try:
                 client = self._client(net)
                 self._ensure_account(client)
-                return self._issue(client, net, csr_pem, names, challenge, replaces)
+                check_profile(client.directory, profile, self.spec.directory)
+                return self._issue(client, net, csr_pem, names, challenge, replaces, profile)
             except Exception as exc:
                 # The next order reads the directory afresh: one whose URLs we refused (or of a
                 # restarted CA) must not stay cached for the life of the daemon.
@@ -261,12 +270,12 @@ class AcmeIssuer:
                 raise translate(exc, net, f"ordering {', '.join(names)}") from exc
 
     def _new_order(
-        self, client: ClientV2, names: Sequence[str], replaces: str | None
+        self, client: ClientV2, names: Sequence[str], replaces: str | None, profile: str | None
     ) -> tuple[messages.Order, str, str | None]:
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names]
 
         def post(rep: str | None) -> requests.Response:
-            order = NewOrderWithReplaces(identifiers=identifiers, replaces=rep)
+            order = NewOrderWithReplaces(identifiers=identifiers, replaces=rep, profile=profile)
             return client.net.post(
                 client.directory["newOrder"], order, new_nonce_url=client.directory["newNonce"]
             )
@@ -309,10 +318,11 @@ class AcmeIssuer:
         names: Sequence[str],
         challenge: Challenge,
         replaces: str | None,
+        profile: str | None,
     ) -> IssuedCertificate:
         deadline = net.deadline or self._clock.monotonic() + self.spec.order_deadline_seconds
         order, order_url, replaces = self._with_account(
-            client, lambda: self._new_order(client, names, replaces)
+            client, lambda: self._new_order(client, names, replaces, profile)
         )
 
         solver = self._solvers.for_challenge(challenge)
@@ -400,9 +410,8 @@ class AcmeIssuer:
                 if order.error is not None:
                     raise order.error
                 raise IssuanceError("the CA marked the order invalid", retryable=True)
-            # Our copy of the order is from before validation; every authorization is valid
-            # now, so the CA has (almost certainly) moved it to "ready". Finalizing at once
-            # saves a poll; if the CA disagrees (orderNotReady) we poll as usual.
+            # Our copy of the order predates validation; every authorization is valid now, so
+            # it is (almost surely) "ready": finalizing at once saves a poll (orderNotReady: poll).
             maybe_ready = order.status == messages.STATUS_PENDING and attempt == 0
             if not finalized and (order.status == messages.STATUS_READY or maybe_ready):
                 try:
@@ -438,7 +447,3 @@ class AcmeIssuer:
                 raise
             except Exception as exc:
                 raise translate(exc, net, "revoking certificate") from exc
-
-
-def account_dir(state_dir: Path, account: str) -> Path:
-    return state_dir / "accounts" / account

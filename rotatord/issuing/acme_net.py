@@ -123,6 +123,25 @@ class NewOrderWithReplaces(messages.NewOrder):
     replaces: str = jose_field("replaces", omitempty=True)
 
 
+#: problem_type of an order refused before it was sent: the CA does not offer the profile.
+PROFILE_NOT_OFFERED: Final = "rotatord:profileNotOffered"
+
+
+def check_profile(directory: messages.Directory, profile: str | None, url: str) -> None:
+    """draft-ietf-acme-profiles: refuse a profile the directory's ``meta.profiles`` lacks. A
+    directory without ``meta.profiles`` (Pebble 2.4, older CAs) gets the order as configured."""
+    meta = directory.to_partial_json().get("meta")
+    offered = meta.get("profiles") if isinstance(meta, dict) else None
+    if profile is None or not isinstance(offered, dict) or profile in offered:
+        return
+    raise IssuanceError(
+        f"the CA at {url} offers no profile {quote(profile, 64)} "
+        f"(it offers: {', '.join(quote(p, 64) for p in sorted(offered)) or 'none'})",
+        retryable=False,
+        problem_type=PROFILE_NOT_OFFERED,
+    )
+
+
 def problem_code(exc: messages.Error) -> str | None:
     """The RFC 8555 error name (``badNonce``) of a problem. acme's ``Error.code`` only knows
     the names of its own release (no ``alreadyReplaced``), so read the URN ourselves."""

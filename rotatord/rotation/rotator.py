@@ -141,7 +141,9 @@ class Rotator:
     ) -> policy.Decision:
         if installed is None:
             return policy.decide(None, now)
-        directory = self.config.acme[spec.account].directory
+        meta = installed.bundle.meta
+        issuing = meta.account if meta.account in spec.accounts else spec.account
+        directory = self.config.acme[issuing].directory
         drift = policy.config_drift(installed.bundle.meta, spec, directory)
         return policy.decide(
             installed.info,
