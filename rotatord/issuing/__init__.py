@@ -10,6 +10,9 @@ from typing import Protocol
 
 from rotatord.core.model import Challenge
 
+#: problem_type of an order refused before it was sent: the CA does not offer the profile.
+PROFILE_NOT_OFFERED = "rotatord:profileNotOffered"
+
 
 @dataclass(frozen=True)
 class IssuedCertificate:

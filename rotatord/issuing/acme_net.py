@@ -36,6 +36,7 @@ from josepy.json_util import field as jose_field
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.text import quote
+from rotatord.issuing import PROFILE_NOT_OFFERED
 
 # At Pebble's 50 % rejection, 11 tries fail one POST in 2,048 (a 20-order run failed ~7 % of
 # the time); 31 tries make that one in two billion. A bad nonce costs one round trip.
@@ -123,8 +124,6 @@ class NewOrderWithReplaces(messages.NewOrder):
     replaces: str = jose_field("replaces", omitempty=True)
 
 
-#: problem_type of an order refused before it was sent: the CA does not offer the profile.
-PROFILE_NOT_OFFERED: Final = "rotatord:profileNotOffered"
 
 
 def check_profile(directory: messages.Directory, profile: str | None, url: str) -> None:
