@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rotatord import cli_audit
+from rotatord import cli_account, cli_audit
 from rotatord.clock import SystemClock
 from rotatord.config import load_config
 from rotatord.core import policy
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     sub.add_parser("reload", help="ask the running daemon to re-read its config")
     cli_audit.add_parsers(sub)
+    cli_account.add_parsers(sub)
     return p
 
 
@@ -344,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_revoke(config, args)
         if args.command == "recover":
             return cmd_recover(config, args)
+        if args.command == "account":
+            return cli_account.run(config, args)
         if args.command == "audit" and args.audit_command == "init-seal":
             return cli_audit.cmd_init_seal(config, args.out)
         if args.command == "audit":

@@ -66,7 +66,7 @@ def _bind(client: ClientV2, uri: str | None) -> None:
     client.net.account = None if uri is None else messages.RegistrationResource(uri=uri, body=body)
 
 
-def _post(client: ClientV2, url: str, body: JSONDeSerializable) -> Any:
+def _post(client: ClientV2, url: str, body: JSONDeSerializable | None) -> Any:
     return client.net.post(url, body, new_nonce_url=client.directory["newNonce"])
 
 
@@ -237,7 +237,8 @@ def describe(issuer: AcmeIssuer, *, ask_ca: bool) -> dict[str, Any]:
         return out
     with _session(issuer, f"querying account {spec.name}") as client:
         uri = _uri(client, issuer)
-        body = _post(client, uri, _Json({})).json()
+        # POST-as-GET (RFC 8555 7.3.3 allows either; Pebble refuses the empty update).
+        body = _post(client, uri, None).json()
     out["ca_status"] = body.get("status")
     out["ca_contact"] = body.get("contact", [])
     return out
