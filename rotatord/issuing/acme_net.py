@@ -129,9 +129,8 @@ class NewOrderWithReplaces(messages.NewOrder):
 def check_profile(directory: messages.Directory, profile: str | None, url: str) -> None:
     """draft-ietf-acme-profiles: refuse a profile the directory's ``meta.profiles`` lacks. A
     directory without ``meta.profiles`` (Pebble 2.4, older CAs) gets the order as configured."""
-    meta = directory.to_partial_json().get("meta")
-    offered = meta.get("profiles") if isinstance(meta, dict) else None
-    if profile is None or not isinstance(offered, dict) or profile in offered:
+    offered = getattr(directory.to_partial_json().get("meta"), "profiles", None)  # a frozendict
+    if profile is None or offered is None or profile in offered:
         return
     raise IssuanceError(
         f"the CA at {url} offers no profile {quote(profile, 64)} "
