@@ -20,6 +20,14 @@ import pytest
 from pebble import AriProxy, PebbleFactory, PebbleServer
 from pebble.ari_proxy import DROP
 from rotatord import cli
+from rotatord.clock import SystemClock
+from rotatord.config import load_config
+from rotatord.core import keys
+from rotatord.core.model import Http01Standalone, KeyType
+from rotatord.issuing.account import account_dir
+from rotatord.issuing.acme_issuer import AcmeIssuer
+from rotatord.issuing.challenges.http01 import StandalonePool
+from rotatord.issuing.challenges.solver import Solvers
 
 pytestmark = pytest.mark.pebble
 
@@ -164,6 +172,46 @@ def test_eab_rollover_contacts_deactivate(pebble_factory: PebbleFactory, short_t
     assert hmac not in seen
 
 
+def killed_rollover(
+    cfg: Path, proxy: AriProxy, point: Literal["before_ca", "after_ca"]
+) -> list[str]:
+    """Run ``account rollover`` in a subprocess and SIGKILL it when its key-change request
+    reaches the front: before Pebble sees it, or after Pebble answered (not relayed)."""
+    proc = subprocess.Popen(
+        argv(cfg, "account", "rollover", "ca"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    hits: list[str] = []
+
+    def kill_before(method: str, path: str) -> int | None:
+        if method == "POST" and path == KEY_CHANGE_PATH:
+            hits.append(path)
+            os.kill(proc.pid, signal.SIGKILL)
+            return DROP
+        return None
+
+    def kill_after(
+        method: str, path: str, body: bytes, status: int, headers: object, data: bytes
+    ) -> bytes | None:
+        # Only once Pebble took the key: a badNonce (Pebble rejects 5 % of nonces) is relayed.
+        if method == "POST" and path == KEY_CHANGE_PATH and status == 200:
+            hits.append(f"{path} {status}")
+            os.kill(proc.pid, signal.SIGKILL)
+            return None
+        return data
+
+    if point == "before_ca":
+        proxy.before_forward = kill_before
+    else:
+        proxy.after_forward = kill_after
+    try:
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proxy.before_forward = proxy.after_forward = None
+    return hits
+
+
 @pytest.mark.parametrize("point", ["before_ca", "after_ca"])
 def test_sigkill_during_rollover_leaves_a_usable_account(
     pebble_server: PebbleServer, short_tmp: Path, point: Literal["before_ca", "after_ca"]
@@ -184,35 +232,7 @@ def test_sigkill_during_rollover_leaves_a_usable_account(
         assert first.returncode == 0, first.stderr
         old = show(cfg, "ca")
 
-        proc = subprocess.Popen(
-            argv(cfg, "account", "rollover", "ca"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        hits: list[str] = []
-
-        def kill_before(method: str, path: str) -> int | None:
-            if method == "POST" and path == KEY_CHANGE_PATH:
-                hits.append(path)
-                os.kill(proc.pid, signal.SIGKILL)
-                return DROP
-            return None
-
-        def kill_after(
-            method: str, path: str, body: bytes, status: int, headers: object, data: bytes
-        ) -> bytes | None:
-            if method == "POST" and path == KEY_CHANGE_PATH:
-                hits.append(f"{path} {status}")
-                os.kill(proc.pid, signal.SIGKILL)
-                return None
-            return data
-
-        if point == "before_ca":
-            proxy.before_forward = kill_before
-        else:
-            proxy.after_forward = kill_after
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-        proxy.before_forward = proxy.after_forward = None
+        hits = killed_rollover(cfg, proxy, point)
         assert len(hits) == 1, hits
         if point == "after_ca":
             assert hits == [f"{KEY_CHANGE_PATH} 200"], "Pebble took the new key"
@@ -232,3 +252,36 @@ def test_sigkill_during_rollover_leaves_a_usable_account(
         # And the resolved account rolls over cleanly afterwards.
         final = run(cfg, "account", "rollover", "ca")
         assert final.returncode == 0, final.stderr
+
+
+def test_a_running_issuer_settles_a_rollover_killed_after_the_ca_took_it(
+    pebble_server: PebbleServer, short_tmp: Path
+) -> None:
+    """The daemon's issuer, already bound to the account, finds the pending key a killed
+    ``account rollover`` left after the CA switched keys, and signs its next order with the key
+    the CA knows: same account, no re-registration."""
+    state = short_tmp / "state"
+    port = pebble_server.http_port
+    with AriProxy(pebble_server) as proxy:
+        cfg = write_config(
+            short_tmp / "r.toml",
+            state,
+            account_block("ca", proxy.directory_url, pebble_server)
+            + service_block("web", '"ca"', port),
+        )
+        spec = load_config(cfg).acme["ca"]
+        pool = StandalonePool(linger=0)
+        issuer = AcmeIssuer(spec, account_dir(state, "ca"), SystemClock(), Solvers(pool))
+        challenge = Http01Standalone("127.0.0.1", port)
+        csr = keys.make_csr(keys.generate_key(KeyType.ECDSA_P256), ["web.example.test"])
+        try:
+            issuer.issue(csr, ["web.example.test"], challenge)
+            before = show(cfg, "ca")
+            assert killed_rollover(cfg, proxy, "after_ca") == [f"{KEY_CHANGE_PATH} 200"]
+            issuer.issue(csr, ["web.example.test"], challenge)
+        finally:
+            issuer.close()
+        after = show(cfg, "ca")
+        assert after["uri"] == before["uri"] and after["ca_status"] == "valid"
+        assert after["key_thumbprint"] != before["key_thumbprint"]
+        assert not after["pending_key"]

@@ -153,7 +153,8 @@ def _session(issuer: AcmeIssuer, what: str) -> Iterator[ClientV2]:
 def _uri(client: ClientV2, issuer: AcmeIssuer) -> str:
     uri = account.load_uri(issuer.account_dir, issuer.spec.directory)
     if uri is None:
-        uri = register(client, issuer.spec, issuer.account_dir, _key(client))
+        return register(client, issuer.spec, issuer.account_dir, _key(client))
+    sync_contact(client, issuer.spec, issuer.account_dir, uri)  # the config is the truth
     _bind(client, uri)
     return uri
 

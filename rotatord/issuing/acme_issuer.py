@@ -196,14 +196,18 @@ class AcmeIssuer:
             self._account_uri = uri
         return uri
 
-    def _ensure_account(self, client: ClientV2) -> None:
+    def _ensure_account(self, client: ClientV2, stale: bool = False) -> None:
+        """Bind ``client`` to our account; ``stale``: the CA just said it does not know it."""
         with self._lock:
             settled = self._account_uri is not None
-        if not settled and (self._account_dir / account.PENDING_NAME).exists():
-            with account.locked(self._account_dir):  # a rollover was interrupted: settle it
-                account_ops.resolve_pending(client, self.spec, self._account_dir)
+        # One stat per order: a rollover interrupted here or in ``rotatord account`` is settled
+        # before we sign with a key the CA may no longer know (waits for one in progress).
+        if (self._account_dir / account.PENDING_NAME).exists():
+            with account.locked(self._account_dir):
+                if account_ops.resolve_pending(client, self.spec, self._account_dir) == "promoted":
+                    stale = False  # the CA knew the pending key: same account, new key
             client.net.key = self._account_key()
-        uri = self._load_account_uri()
+        uri = None if stale else self._load_account_uri()
         if uri is None:
             self._register(client)
             return
@@ -226,7 +230,7 @@ class AcmeIssuer:
             log.warning("acme_account_unknown", account=self.spec.name, problem=exc.typ)
             with self._lock:
                 self._account_uri = None
-            self._register(client)
+            self._ensure_account(client, stale=True)  # settles a pending key, else registers
             return fn()
 
     def _sleep_schedule(self, attempt: int, retry_after: datetime | None, deadline: float) -> None:
@@ -293,8 +297,6 @@ class AcmeIssuer:
             replaces = None
             response = post(None)
         return messages.Order.from_json(response.json()), response.headers["Location"], replaces
-
-    # ------------------------------------------------------------------ ARI (RFC 9773)
 
     def ari_supported(self) -> bool:
         with self._net() as net:
@@ -433,8 +435,6 @@ class AcmeIssuer:
             resp = self._post_as_get(client, order_url)
             retry_after = _parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
             order = messages.Order.from_json(resp.json())
-
-    # ------------------------------------------------------------------ revocation
 
     def revoke(self, cert_pem: bytes, reason: int) -> None:
         with self._net() as net:
