@@ -22,17 +22,22 @@ MAX_FALLBACK_AFTER: Final = 100
 DEFAULT_FALLBACK_AFTER: Final = 3
 
 
+def _show(value: str, limit: int = 60) -> str:
+    """ASCII-safe and short, like config.py's: a message can always be printed."""
+    return ascii(value if len(value) <= limit else value[:limit] + "...")
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
 def _unknown(name: str, acme_names: Sequence[str]) -> str:
-    message = f"account {name!r} does not name an [acme.<name>] section"
+    message = f"account {_show(name)} does not name an [acme.<name>] section"
     close = difflib.get_close_matches(name, list(acme_names), n=1)
     if close:
-        return message + f"; did you mean {close[0]!r}?"
+        return message + f"; did you mean {_show(close[0])}?"
     if acme_names:
-        return message + f"; defined: {', '.join(repr(n) for n in acme_names)}"
+        return message + f"; defined: {', '.join(_show(n) for n in acme_names)}"
     return message
 
 
@@ -51,7 +56,7 @@ def account_list(
             add(at, f"expected an [acme.<name>] name, got {type(item).__name__}")
             ok = False
         elif item in names:
-            add(at, f"{item!r} is listed twice (also at index {names.index(item)})")
+            add(at, f"{_show(item)} is listed twice (also at index {names.index(item)})")
             ok = False
         elif item not in acme_names:
             add(at, _unknown(item, acme_names))
@@ -90,7 +95,7 @@ def profile(add: Add, table: Mapping[str, Any], path: str) -> str | None:
     if not _PROFILE_RE.fullmatch(value):
         add(
             where,
-            f"invalid profile name {value[:70]!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            f"invalid profile name {_show(value)}: use 1-64 letters, digits, '.', '_' or '-' "
             "(e.g. 'shortlived', 'tlsserver', 'classic')",
         )
         return None
