@@ -50,7 +50,7 @@ from cryptography import x509
 
 from pebble.runner import CERT_NAME, KEY_NAME, LOOPBACK, PebbleServer, StartStop
 
-__all__ = ["DROP", "AriProxy", "BeforeForward", "ReplacesMode", "cert_id"]
+__all__ = ["DROP", "AfterForward", "AriProxy", "BeforeForward", "ReplacesMode", "cert_id"]
 
 #: What the proxy does with a new order that carries ``replaces``.
 ReplacesMode = Literal["accept", "already_replaced", "reject"]
@@ -63,6 +63,11 @@ DefaultWindow = Callable[[str], tuple[datetime, datetime] | None]
 BeforeForward = Callable[[str, str], int | None]
 #: What a :data:`BeforeForward` hook returns to make the proxy hang up without answering.
 DROP: Final = 0
+#: A test hook run after Pebble answered, before the answer is relayed: ``(method, path,
+#: request body, status, response headers, response body)`` → the body to relay instead (e.g.
+#: a rewritten certificate), or ``None`` to hang up without relaying (Pebble has acted on the
+#: request, the client never hears of it). See :attr:`AriProxy.after_forward`.
+AfterForward = Callable[[str, str, bytes, int, list[tuple[str, str]], bytes], bytes | None]
 
 RENEWAL_INFO_PATH: Final = "/renewal-info"
 DIRECTORY_PATH: Final = "/dir"
@@ -361,7 +366,16 @@ class _Handler(BaseHTTPRequestHandler):
         if is_directory and status == 200:
             directory = json.loads(data)
             directory["renewalInfo"] = proxy.renewal_info_url
+            if proxy.profiles is not None:
+                directory.setdefault("meta", {})["profiles"] = dict(proxy.profiles)
             data = json.dumps(directory, indent=2).encode()
+        hook = proxy.after_forward
+        if hook is not None:
+            edited = hook(self.command, path, body or b"", status, out_headers, data)
+            if edited is None:
+                self.close_connection = True
+                return
+            data = edited
         self.send_response_only(status)
         for name, value in out_headers:
             self.send_header(name, value)
@@ -455,6 +469,10 @@ class AriProxy(StartStop):
         #: handler thread for every request, ARI ones included, before anything else is done;
         #: a test may block in it (e.g. to stop Pebble) or sleep in it (to make a client time out).
         self.before_forward: BeforeForward | None = None
+        #: Test hook after Pebble answered (see :data:`AfterForward`), ``None`` by default.
+        self.after_forward: AfterForward | None = None
+        #: ``meta.profiles`` (draft-ietf-acme-profiles) to advertise in the directory, or None.
+        self.profiles: dict[str, str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rotatord.cli_ops",
     "rotatord.cli_control",
     "rotatord.cli_audit",
+    "rotatord.cli_account",
     "rotatord.cli_data",
     "rotatord.cli_setup",
 )

@@ -127,8 +127,12 @@ def _fmt_status(doc: dict[str, Any]) -> str:
         lines.append(f"  names       {', '.join(doc['names'])}")
         lines.append(f"  not after   {doc['not_after']}  ({_left(doc['seconds_left'])})")
         lines.append(f"  version     {doc['version']}")
+        if doc.get("issued_by"):
+            lines.append(f"  issued by   {doc['issued_by']} ({doc['issuer_directory']})")
     else:
         lines.append("  no certificate installed")
+    if "account_in_use" in doc:
+        lines.append(f"  account     {doc['account_in_use']} of {', '.join(doc['accounts'])}")
     nxt = doc["next_action"]
     lines.append(
         f"  renewal     {'due now' if doc['due_now'] else 'at ' + nxt['at']} ({nxt['why']})"

@@ -45,6 +45,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from rotatord import config_accounts
 from rotatord.core import identifiers
 from rotatord.core.errors import ConfigError, Problem
 from rotatord.core.model import (
@@ -151,6 +152,8 @@ _SERVICE_KEYS: Final = (
     "outputs",
     "probe",
     "probe_deadline",
+    "profile",
+    "fallback_after",
 )
 _CHALLENGE_KEYS: Final = ("type", "listen", "webroot", "provider")
 _RELOAD_KEYS: Final = (
@@ -848,7 +851,9 @@ def _service(
     if domains is not None and challenge is not None:
         _identifiers_for(ctx, domains, challenge_type(challenge), _join(path, "domains"))
 
-    account = _account(ctx, table, path, acme_names)
+    accounts = _account(ctx, table, path, acme_names)
+    fallback_after = config_accounts.fallback_after(ctx.add, table, path)
+    profile = config_accounts.profile(ctx.add, table, path)
     key_type = _choice(ctx, table, "key_type", path, KeyType)
     reuse_key = _bool(ctx, table, "reuse_key", path)
     renew_before = _renew_before(ctx, table, path)
@@ -876,7 +881,7 @@ def _service(
     if (
         not name_ok
         or domains is None
-        or account is None
+        or accounts is None
         or challenge is None
         or len(ctx.problems) != before
     ):
@@ -884,7 +889,10 @@ def _service(
     return ServiceSpec(
         name=name,
         domains=domains,
-        account=account,
+        account=accounts[0],
+        fallback_accounts=accounts[1:],
+        fallback_after=fallback_after,
+        profile=profile,
         challenge=challenge,
         key_type=key_type or KeyType.ECDSA_P256,
         reuse_key=bool(reuse_key),
@@ -943,11 +951,13 @@ def _target_refs(
 
 def _account(
     ctx: _Ctx, table: Mapping[str, Any], path: str, acme_names: Sequence[str]
-) -> str | None:
+) -> tuple[str, ...] | None:
     where = _join(path, "account")
+    if isinstance(table.get("account"), list):  # CA fallback: accounts tried in order
+        return config_accounts.account_list(ctx.add, table["account"], where, acme_names)
     if "account" not in table:
         if len(acme_names) == 1:
-            return acme_names[0]
+            return (acme_names[0],)
         if len(acme_names) > 1:
             ctx.add(
                 where,
@@ -957,7 +967,7 @@ def _account(
         return None  # no [acme] at all: reported once at "acme"
     account = _string(ctx, table, "account", path)
     if account is None or account in acme_names:
-        return account
+        return None if account is None else (account,)
     message = f"account {_show(account)} does not name an [acme.<name>] section"
     suggestion = _suggest(account, acme_names)
     if suggestion is not None:

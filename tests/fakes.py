@@ -155,6 +155,7 @@ class FakeCA:
         self._failures: deque[IssuanceError] = deque()
         self._unrelated: CertificateAuthority | None = None
         self._order_seq = 0
+        self.profiles_seen: list[str | None] = []
         # Random start, then +1: unique within this CA (also in the low 32 bits the store uses
         # to name version dirs) and unlikely to collide with another FakeCA on the same store.
         self._next_serial = (1 << 62) | secrets.randbits(61)
@@ -222,8 +223,10 @@ class FakeCA:
         challenge: Challenge,
         *,
         replaces: str | None = None,
+        profile: str | None = None,
     ) -> IssuedCertificate:
         with self._lock:
+            self.profiles_seen.append(profile)
             self._order_seq += 1
             number = self._order_seq
         at = self.clock.now()

@@ -253,6 +253,16 @@ def _state_is_a_file(tmp: Path, _: dict[str, Path]) -> int:
     return _code(config, "recover")
 
 
+def _show_unreachable(tmp: Path, _: dict[str, Path]) -> int:
+    """An account registered earlier, its CA unreachable now: shown from the files, exit 1."""
+    config = _config(tmp)
+    adir = tmp / "s" / "accounts" / "a"
+    adir.mkdir(parents=True, mode=0o700)
+    regr = {"uri": "https://127.0.0.1:9/acct/1", "directory": DIRECTORY}
+    (adir / "regr.json").write_text(json.dumps(regr))
+    return _code(config, "account", "show")
+
+
 NO_REPLY = b""
 INTERNAL = json.dumps({"ok": False, "error": "internal error", "code": "internal"}).encode() + b"\n"
 
@@ -291,6 +301,16 @@ CASES: dict[tuple[str, int], Case] = {
     ("audit init-seal", 0): lambda t, d: _code(_config(t), "audit", "init-seal", "--out", "-"),
     ("audit init-seal", 1): _seal_twice,
     ("audit init-seal", 2): lambda t, d: _code(_bad(t), "audit", "init-seal", "--out", "-"),
+    ("account", 2): lambda t, d: _code(_config(t), "account"),
+    ("account show", 0): lambda t, d: _code(_config(t), "account", "show", "--offline"),
+    ("account show", 1): _show_unreachable,
+    ("account show", 2): lambda t, d: _code(_config(t), "account", "show", "nope"),
+    ("account rollover", 1): lambda t, d: _code(_config(t), "account", "rollover", "a"),
+    ("account rollover", 2): lambda t, d: _code(_bad(t), "account", "rollover", "a"),
+    ("account deactivate", 1): lambda t, d: _code(
+        _config(t), "account", "deactivate", "a", "--yes"
+    ),
+    ("account deactivate", 2): lambda t, d: _code(_config(t), "account", "deactivate", "a"),
     ("example-config", 0): lambda t, d: cli.main(["example-config"]),
     ("example-config", 1): _missing("example-config"),
     ("systemd-unit", 0): lambda t, d: cli.main(["systemd-unit"]),
@@ -299,6 +319,9 @@ CASES: dict[tuple[str, int], Case] = {
 #: Pairs another test already runs for real (with Pebble), by the test that does.
 ELSEWHERE = {
     ("revoke", 0): "tests/test_revoke.py::test_cli_revoke_without_daemon",
+    # A rollover and a deactivation that succeed need a CA: run against Pebble there.
+    ("account rollover", 0): "tests/test_accounts_e2e.py",
+    ("account deactivate", 0): "tests/test_accounts_e2e.py",
     # setup-systemd changes users and /etc: run as root against a scratch root directory.
     ("setup-systemd", 0): "tests/test_setup_systemd.py::test_creates_directories_dropin_and_unit"
     "_then_changes_nothing",

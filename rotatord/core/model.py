@@ -255,6 +255,17 @@ class ServiceSpec:
     reload_targets: tuple[str, ...] = ()  # names of [reload_targets.<name>]
     probes: tuple[ProbeSpec, ...] = ()
     probe_deadline_seconds: float = 15.0
+    #: draft-ietf-acme-profiles: the profile named in every new order (None: the CA's default).
+    profile: str | None = None
+    #: CA fallback: accounts tried in order after ``account`` (see ``rotation.fallback``).
+    fallback_accounts: tuple[str, ...] = ()
+    #: Consecutive failures on one account before the next is tried.
+    fallback_after: int = 3
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """Every account the service may use, in the order they are tried."""
+        return (self.account, *self.fallback_accounts)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,9 @@ def config_drift(meta: IssuedMeta, spec: ServiceSpec, directory: str) -> tuple[s
         reasons.append("names")
     if meta.key_type != spec.key_type:
         reasons.append("key_type")
-    if meta.account != spec.account or meta.directory != directory:
+    # With CA fallback a certificate from any listed account is current: its renewal timing
+    # follows that certificate, not the first account (``directory`` is the issuing one's).
+    if meta.account not in spec.accounts or meta.directory != directory:
         reasons.append("account")
     return tuple(reasons)
 

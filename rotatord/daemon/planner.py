@@ -146,7 +146,9 @@ class Planner:
             return None, None
         if now >= installed.info.not_after:
             return None, None  # RFC 9773: never query an expired certificate
-        issuer = self.rotator.issuer(spec.account)
+        # Ask the CA that issued it (CA fallback: maybe not the service's first account).
+        issued_by = installed.bundle.meta.account
+        issuer = self.rotator.issuer(issued_by if issued_by in spec.accounts else spec.account)
         if installed.bundle.meta.directory != issuer.directory_url:
             return None, None  # another CA issued it; config drift renews it anyway
         cert_id = installed.info.ari_id

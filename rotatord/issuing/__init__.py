@@ -10,6 +10,9 @@ from typing import Protocol
 
 from rotatord.core.model import Challenge
 
+#: problem_type of an order refused before it was sent: the CA does not offer the profile.
+PROFILE_NOT_OFFERED = "rotatord:profileNotOffered"
+
 
 @dataclass(frozen=True)
 class IssuedCertificate:
@@ -44,6 +47,9 @@ class Issuer(Protocol):
 
     - ``replaces`` (an RFC 9773 certificate id) is sent on the new order; if the CA refuses it
       (alreadyReplaced, or a rejection of the field) the order is retried once without it.
+    - ``profile`` (draft-ietf-acme-profiles) goes on the new order; a CA whose directory lists
+      ``meta.profiles`` without it refuses before any order (``IssuanceError``, not retryable,
+      problem_type ``rotatord:profileNotOffered``).
     - ``renewal_info`` returns None when the CA does not advertise ARI, the window otherwise, and
       raises ``IssuanceError`` when the CA advertises ARI but the query failed.
     """
@@ -57,6 +63,7 @@ class Issuer(Protocol):
         challenge: Challenge,
         *,
         replaces: str | None = None,
+        profile: str | None = None,
     ) -> IssuedCertificate: ...
 
     def ari_supported(self) -> bool: ...

@@ -7,9 +7,9 @@ What we add to acme 5.9, and why:
   a 409 into a bare ConflictError).
 - Polling starts at 10 ms and backs off, honouring Retry-After, instead of fixed 1 s sleeps (those
   are most of certbot's ~2.8 s per certificate).
-- ``replaces`` (RFC 9773) on new orders.
+- ``replaces`` (RFC 9773) and ``profile`` (draft-ietf-acme-profiles) on new orders.
 - An account the CA no longer knows (a restarted test CA, a purged account) is re-registered with
-  the same key once, and the request retried.
+  the same key once, and the request retried. Rollover, contacts: ``account_ops``.
 
 Every library error leaves this module as ``IssuanceError`` (``raise ... from exc``).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import requests
-from acme import challenges, errors, messages
+from acme import challenges, messages
 from acme.client import ClientV2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -37,18 +37,20 @@ from josepy.jwk import JWKEC
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.model import AcmeSpec, Challenge
-from rotatord.issuing import IssuedCertificate, RenewalInfo, account, ari
+from rotatord.issuing import IssuedCertificate, RenewalInfo, account, account_ops, ari
+from rotatord.issuing.account import account_dir as account_dir
 from rotatord.issuing.acme_net import (
     NewOrderWithReplaces,
     UrlPolicy,
     _Network,
     _parse_retry_after,
+    check_profile,
     problem_code,
     translate,
 )
 from rotatord.issuing.challenges import acme_types  # also registers tls-alpn-01
 from rotatord.issuing.challenges.solver import ChallengeTask, Solvers, solving, task_for
-from rotatord.issuing.problems import authorization_problems, invalid_error, with_problems
+from rotatord.issuing.problems import poll_authorizations
 from rotatord.issuing.trust import TrustAnchors, parse_chain
 from rotatord.observe.logging import get_logger
 
@@ -76,18 +78,18 @@ class AcmeIssuer:
     ) -> None:
         self.spec = spec
         self.directory_url = spec.directory
-        self._account_dir = account_dir
+        self._account_dir = self.account_dir = account_dir
         self._clock = clock
         self._solvers = solvers or Solvers()
         self._poll_schedule = tuple(poll_schedule)
         self._lock = threading.Lock()
         self._directory: messages.Directory | None = None
         self._key: JWKEC | None = None
+        self._key_stamp: tuple[int, int] | None = None
         self._account_uri: str | None = None
         self._registering = threading.Lock()  # one newAccount at a time (see _register)
-        # Idle networks (a requests session with its open connection and a pool of unused
-        # nonces). Reusing them saves a TLS handshake and a HEAD newNonce per order; each one
-        # is used by one thread at a time, because acme's nonce set is not thread-safe.
+        # Idle networks (a session, its open connection, unused nonces) save a TLS handshake
+        # and a HEAD newNonce per order; one thread at a time each (acme's nonces are unsafe).
         self._idle: list[_Network] = []
         self._directory_failed_at: float | None = None
         self._directory_error = ""
@@ -100,7 +102,7 @@ class AcmeIssuer:
     def _net(self) -> Iterator[_Network]:
         with self._lock:
             net = self._idle.pop() if self._idle else None
-        if net is None:
+        if net is None or net.key is not self._account_key():  # the key was rolled over
             net = self._new_network()
         net.last_retry_after = None
         net.last_status = None
@@ -117,6 +119,12 @@ class AcmeIssuer:
             if net is not None:
                 net.session.close()
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[ClientV2]:
+        """A client for ``account_ops`` (issuing/ only: no acme object goes further)."""
+        with self._net() as net:
+            yield self._client(net)
+
     def close(self) -> None:
         """Close idle connections (the daemon calls this at shutdown)."""
         with self._lock:
@@ -126,7 +134,7 @@ class AcmeIssuer:
 
     def _new_network(self) -> _Network:
         verify: bool | str = str(self.spec.ca_bundle) if self.spec.ca_bundle else True
-        net = _Network(
+        return _Network(
             key=self._account_key(),
             alg=ES256,
             verify_ssl=verify,  # a CA bundle path: requests passes it on as verify=
@@ -135,11 +143,10 @@ class AcmeIssuer:
             clock=self._clock,
             url_policy=self._url_policy,
         )
-        return net
 
     def _check_negative_cache(self, failed_at: float | None = None) -> None:
-        """A thousand services planning at start-up against an unreachable CA make one
-        connection attempt every few seconds, not a thousand (and build no session for it)."""
+        """A thousand services planning against an unreachable CA make one connection
+        attempt every few seconds, not a thousand (and build no session for it)."""
         if failed_at is None:
             with self._lock:
                 if self._directory is not None:
@@ -173,8 +180,11 @@ class AcmeIssuer:
 
     def _account_key(self) -> JWKEC:
         with self._lock:
-            if self._key is None:
+            # One stat per order: ``rotatord account rollover`` may have replaced the key.
+            stamp = account.key_stamp(self._account_dir)
+            if self._key is None or stamp != self._key_stamp:
                 self._key = account.load_or_create_key(self._account_dir)
+                self._key_stamp, self._account_uri = account.key_stamp(self._account_dir), None
             return self._key
 
     def _load_account_uri(self) -> str | None:
@@ -183,36 +193,46 @@ class AcmeIssuer:
                 return self._account_uri
         return account.load_uri(self._account_dir, self.spec.directory)
 
-    def _use(self, client: ClientV2, uri: str) -> str:
+    def _register(self, client: ClientV2, stale: str | None = None) -> str:
+        """Register, unless another worker (or process) did while this one waited for the
+        lock: concurrent first orders, or workers all told the CA forgot ``stale``, share one
+        account."""
+        with self._registering, account.locked(self._account_dir):
+            known = account.load_uri(self._account_dir, self.spec.directory)
+            if known is not None and known != stale:
+                uri = known
+                client.net.account = messages.RegistrationResource(
+                    uri=uri, body=messages.Registration()
+                )
+            else:
+                key = self._account_key()
+                uri = account_ops.register(client, self.spec, self._account_dir, key)
+        with self._lock:
+            self._account_uri = uri
+        return uri
+
+    def _ensure_account(
+        self, client: ClientV2, stale: bool = False, stale_uri: str | None = None
+    ) -> None:
+        """Bind ``client`` to our account; ``stale``: the CA just said it does not know it."""
+        with self._lock:
+            settled = self._account_uri is not None
+        # One stat per order: a rollover interrupted here or in ``rotatord account`` is settled
+        # before we sign with a key the CA may no longer know (waits for one in progress).
+        if (self._account_dir / account.PENDING_NAME).exists():
+            with account.locked(self._account_dir):
+                if account_ops.resolve_pending(client, self.spec, self._account_dir) == "promoted":
+                    stale = False  # the CA knew the pending key: same account, new key
+            client.net.key = self._account_key()
+        uri = None if stale else self._load_account_uri()
+        if uri is None:
+            self._register(client, stale_uri)
+            return
+        if not settled:  # first use of this spec: the config's contacts may have changed
+            account_ops.sync_contact(client, self.spec, self._account_dir, uri)
         with self._lock:
             self._account_uri = uri
         client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        return uri
-
-    def _register(self, client: ClientV2, stale: str | None = None) -> str:
-        """Register, unless another worker did while this one waited for the lock: concurrent
-        first orders (or workers all told the CA forgot ``stale``) share one account."""
-        with self._registering, account.registration_lock(self._account_dir):
-            known = self._load_account_uri()
-            if known is not None and known != stale:
-                return self._use(client, known)
-            reg = account.new_registration(self.spec, self._account_key(), client.directory)
-            # Signed with the JWK, not a kid: a CA that lost the account rejects its stale kid.
-            client.net.account = None
-            try:
-                uri = client.new_account(reg).uri
-            except errors.ConflictError as exc:
-                uri = exc.location  # the key is already registered: that account is ours
-            account.save_uri(self._account_dir, uri, self.spec.directory)
-            log.info("acme_account_registered", account=self.spec.name, uri=uri)
-            return self._use(client, uri)
-
-    def _ensure_account(self, client: ClientV2) -> None:
-        uri = self._load_account_uri()
-        if uri is None:
-            self._register(client)
-        else:
-            self._use(client, uri)
 
     def _with_account(self, client: ClientV2, fn: Callable[[], T]) -> T:
         """Run ``fn``; if the CA says our account does not exist, register again and retry once."""
@@ -228,7 +248,8 @@ class AcmeIssuer:
             stale = client.net.account.uri if client.net.account is not None else None
             with self._lock:
                 self._account_uri = None
-            self._register(client, stale)
+            # Settles a pending key, else registers (or takes what another worker registered).
+            self._ensure_account(client, stale=True, stale_uri=stale)
             return fn()
 
     def _sleep_schedule(self, attempt: int, retry_after: datetime | None, deadline: float) -> None:
@@ -252,6 +273,7 @@ class AcmeIssuer:
         challenge: Challenge,
         *,
         replaces: str | None = None,
+        profile: str | None = None,
     ) -> IssuedCertificate:
         with self._net() as net:
             # Every exchange of the order, the directory and account included, ends by then.
@@ -259,7 +281,8 @@ class AcmeIssuer:
             try:
                 client = self._client(net)
                 self._ensure_account(client)
-                return self._issue(client, net, csr_pem, names, challenge, replaces)
+                check_profile(client.directory, profile, self.spec.directory)
+                return self._issue(client, net, csr_pem, names, challenge, replaces, profile)
             except Exception as exc:
                 # The next order reads the directory afresh: one whose URLs we refused (or of a
                 # restarted CA) must not stay cached for the life of the daemon.
@@ -270,12 +293,12 @@ class AcmeIssuer:
                 raise translate(exc, net, f"ordering {', '.join(names)}") from exc
 
     def _new_order(
-        self, client: ClientV2, names: Sequence[str], replaces: str | None
+        self, client: ClientV2, names: Sequence[str], replaces: str | None, profile: str | None
     ) -> tuple[messages.Order, str, str | None]:
         identifiers = [acme_types.identifier(n) for n in names]  # dns or ip (RFC 8738)
 
         def post(rep: str | None) -> requests.Response:
-            order = NewOrderWithReplaces(identifiers=identifiers, replaces=rep)
+            order = NewOrderWithReplaces(identifiers=identifiers, replaces=rep, profile=profile)
             return client.net.post(
                 client.directory["newOrder"], order, new_nonce_url=client.directory["newNonce"]
             )
@@ -293,8 +316,6 @@ class AcmeIssuer:
             replaces = None
             response = post(None)
         return messages.Order.from_json(response.json()), response.headers["Location"], replaces
-
-    # ------------------------------------------------------------------ ARI (RFC 9773)
 
     def ari_supported(self) -> bool:
         with self._net() as net:
@@ -318,10 +339,11 @@ class AcmeIssuer:
         names: Sequence[str],
         challenge: Challenge,
         replaces: str | None,
+        profile: str | None,
     ) -> IssuedCertificate:
         deadline = net.deadline or self._clock.monotonic() + self.spec.order_deadline_seconds
         order, order_url, replaces = self._with_account(
-            client, lambda: self._new_order(client, names, replaces)
+            client, lambda: self._new_order(client, names, replaces, profile)
         )
 
         solver = self._solvers.for_challenge(challenge)
@@ -340,7 +362,11 @@ class AcmeIssuer:
             with solving(solver, tasks, deadline):
                 for _, challb, response in pending:
                     client.answer_challenge(challb, response)
-                self._poll_authorizations(client, [p[0] for p in pending], deadline)
+                poll_authorizations(
+                    lambda url: self._post_as_get(client, url).json(),
+                    lambda attempt: self._sleep_schedule(attempt, None, deadline),
+                    [p[0] for p in pending],
+                )
 
         order = self._finalize(client, net, order, order_url, csr_pem, deadline)
         assert order.certificate is not None
@@ -351,32 +377,6 @@ class AcmeIssuer:
         return IssuedCertificate(
             cert_pem=leaf, chain_pem=chain, order_url=order_url, replaces=replaces
         )
-
-    def _poll_authorizations(self, client: ClientV2, urls: Sequence[str], deadline: float) -> None:
-        waiting = list(urls)
-        failed: list[messages.AuthorizationResource] = []
-        attempt = 0
-        said_last: dict[str, list[str]] = {}  # what the CA said of each authz still waiting
-        while waiting:
-            try:
-                self._sleep_schedule(attempt, None, deadline)
-            except IssuanceError as exc:
-                raise with_problems(exc, waiting, said_last) from exc
-            attempt += 1
-            still = []
-            for url in waiting:
-                resp = self._post_as_get(client, url)
-                said_last[url] = authorization_problems(resp.json())
-                authz = messages.Authorization.from_json(resp.json())
-                if authz.status == messages.STATUS_VALID:
-                    continue
-                if authz.status in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
-                    still.append(url)
-                    continue
-                failed.append(messages.AuthorizationResource(body=authz, uri=url))
-            waiting = still
-        if failed:
-            raise invalid_error(failed, said_last)
 
     def _finalize(
         self,
@@ -398,9 +398,8 @@ class AcmeIssuer:
                 if order.error is not None:
                     raise order.error
                 raise IssuanceError("the CA marked the order invalid", retryable=True)
-            # Our copy of the order is from before validation; every authorization is valid
-            # now, so the CA has (almost certainly) moved it to "ready". Finalizing at once
-            # saves a poll; if the CA disagrees (orderNotReady) we poll as usual.
+            # Our copy of the order predates validation; every authorization is valid now, so
+            # it is (almost surely) "ready": finalizing at once saves a poll (orderNotReady: poll).
             maybe_ready = order.status == messages.STATUS_PENDING and attempt == 0
             if not finalized and (order.status == messages.STATUS_READY or maybe_ready):
                 try:
@@ -423,8 +422,6 @@ class AcmeIssuer:
             retry_after = _parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
             order = messages.Order.from_json(resp.json())
 
-    # ------------------------------------------------------------------ revocation
-
     def revoke(self, cert_pem: bytes, reason: int) -> None:
         with self._net() as net:
             try:
@@ -436,7 +433,3 @@ class AcmeIssuer:
                 raise
             except Exception as exc:
                 raise translate(exc, net, "revoking certificate") from exc
-
-
-def account_dir(state_dir: Path, account: str) -> Path:
-    return state_dir / "accounts" / account

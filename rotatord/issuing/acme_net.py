@@ -36,6 +36,7 @@ from josepy.json_util import field as jose_field
 from rotatord.clock import Clock
 from rotatord.core.errors import IssuanceError
 from rotatord.core.text import quote
+from rotatord.issuing import PROFILE_NOT_OFFERED
 
 # At Pebble's 50 % rejection, 11 tries fail one POST in 2,048 (a 20-order run failed ~7 % of
 # the time); 31 tries make that one in two billion. A bad nonce costs one round trip.
@@ -121,6 +122,22 @@ class NewOrderWithReplaces(messages.NewOrder):
     """acme 5.9's NewOrder lacks RFC 9773's ``replaces``."""
 
     replaces: str = jose_field("replaces", omitempty=True)
+
+
+
+
+def check_profile(directory: messages.Directory, profile: str | None, url: str) -> None:
+    """draft-ietf-acme-profiles: refuse a profile the directory's ``meta.profiles`` lacks. A
+    directory without ``meta.profiles`` (Pebble 2.4, older CAs) gets the order as configured."""
+    offered = getattr(directory.to_partial_json().get("meta"), "profiles", None)  # a frozendict
+    if profile is None or offered is None or profile in offered:
+        return
+    raise IssuanceError(
+        f"the CA at {url} offers no profile {quote(profile, 64)} "
+        f"(it offers: {', '.join(quote(p, 64) for p in sorted(offered)) or 'none'})",
+        retryable=False,
+        problem_type=PROFILE_NOT_OFFERED,
+    )
 
 
 def problem_code(exc: messages.Error) -> str | None:

@@ -10,7 +10,7 @@ Rules: pure over the authorization's JSON; every CA string is clipped (``core.te
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from acme import errors, messages
@@ -80,3 +80,35 @@ def invalid_error(
         return errors.ValidationError(list(failed))
     seen = [p for a in failed for p in said_last.get(a.uri, [])]
     return IssuanceError(f"the CA marked an authorization invalid{said(seen)}", retryable=True)
+
+
+def poll_authorizations(
+    fetch: Callable[[str], Any], sleep: Callable[[int], None], urls: Sequence[str]
+) -> None:
+    """Poll each authorization (``fetch``: its JSON) until none is pending; ``sleep(attempt)``
+    waits the poll schedule and raises ``IssuanceError`` at the order's deadline, which then
+    carries what the CA last said of each authorization still waiting."""
+    waiting = list(urls)
+    failed: list[messages.AuthorizationResource] = []
+    attempt = 0
+    said_last: dict[str, list[str]] = {}  # what the CA said of each authz still waiting
+    while waiting:
+        try:
+            sleep(attempt)
+        except IssuanceError as exc:
+            raise with_problems(exc, waiting, said_last) from exc
+        attempt += 1
+        still = []
+        for url in waiting:
+            doc = fetch(url)
+            said_last[url] = authorization_problems(doc)
+            authz = messages.Authorization.from_json(doc)
+            if authz.status == messages.STATUS_VALID:
+                continue
+            if authz.status in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
+                still.append(url)
+                continue
+            failed.append(messages.AuthorizationResource(body=authz, uri=url))
+        waiting = still
+    if failed:
+        raise invalid_error(failed, said_last)

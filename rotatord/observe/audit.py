@@ -104,6 +104,11 @@ EVENTS = frozenset(
         "budget_exhausted",
         "config_warning",
         "rotation_resumed",
+        "account_switched",
+        "account_key_rollover_started",
+        "account_key_rolled",
+        "account_key_rollover_failed",
+        "account_deactivated",
         START_EVENT,
         SEAL_EVENT,
     }

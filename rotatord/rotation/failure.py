@@ -14,10 +14,11 @@ from typing import Any
 
 from rotatord.clock import Clock
 from rotatord.core import policy
-from rotatord.core.errors import AuditError
+from rotatord.core.errors import AuditError, StoreError
 from rotatord.core.model import DaemonSpec
 from rotatord.core.text import clip
 from rotatord.observe.logging import get_logger
+from rotatord.rotation import fallback
 from rotatord.rotation.book import StatusBook
 from rotatord.rotation.state import Ctx, Outcome, RotationResult
 
@@ -62,7 +63,17 @@ def record_failure(
         daemon.min_order_interval,
     )
     duration = (clock.monotonic() - ctx.started) * 1000
+    changes, switch = fallback.after_failure(ctx.spec, previous, ctx.extra.get("account"), exc)
     try:
+        if switch is not None:
+            ctx.audit.emit(
+                "account_switched",
+                from_account=switch.from_account,
+                to_account=switch.to_account,
+                reason=switch.reason,
+                account_failures=switch.failures,
+                next_attempt=next_at.isoformat(),
+            )
         ctx.audit.emit(
             "rotation_failed",
             **fields,
@@ -98,6 +109,7 @@ def record_failure(
         next_attempt=next_at,
         last_rotation_id=ctx.rotation_id,
         deferred=None,
+        **changes,
     )
     return RotationResult(
         ctx.spec.name,
@@ -146,6 +158,7 @@ def record_success(ctx: Ctx, *, clock: Clock, book: StatusBook) -> RotationResul
         # CA issued but we could not install must be retried on the ladder, not days later.
         last_issued_at=ctx.extra.get("issued_at", now),
         issued_lifetime_s=ctx.new.info.lifetime.total_seconds(),
+        **fallback.AFTER_SUCCESS,
     )
     try:
         ctx.audit.emit(
@@ -182,3 +195,16 @@ def record_deferred(
         next_attempt=until,
         duration_ms=duration,
     )
+
+
+def prune_versions(ctx: Ctx, default_keep: int) -> None:
+    """Remove versions beyond the service's ``keep_versions`` (their keys destroyed, audited);
+    a failure to prune is logged, never a failed rotation."""
+    keep = ctx.spec.keep_versions or default_keep
+    try:
+        removed = ctx.store.prune(keep)
+    except (OSError, StoreError) as exc:
+        log.warning("prune_failed", service=ctx.spec.name, error=str(exc))
+        return
+    for v in removed:
+        ctx.audit.emit("key_destroyed", version=v.name, why="pruned")

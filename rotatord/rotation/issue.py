@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rotatord.core import keys, policy
-from rotatord.core.errors import StoreError
+from rotatord.core.errors import IssuanceError, StoreError
 from rotatord.core.model import IssuedMeta, Trigger
-from rotatord.issuing import Issuer
+from rotatord.issuing import PROFILE_NOT_OFFERED, IssuedCertificate, Issuer
 from rotatord.observe.logging import get_logger
-from rotatord.rotation import journal
+from rotatord.rotation import fallback, journal
 from rotatord.rotation.installed import read_installed
 from rotatord.rotation.state import Ctx, Installed, Phase, Stage
 from rotatord.store import Bundle, ServiceStatus, Version
@@ -77,7 +77,9 @@ class IssueStep:
         if r.closing:
             ctx.stage, ctx.reason = Stage.NOT_DUE, "shutting_down"
             return
-        if self._held_back(ctx, decision, force, now):
+        account = fallback.in_use(spec, r.book.get(store))
+        ctx.extra["account"] = None  # set once the CA is asked
+        if self._held_back(ctx, decision, force, now, account):
             return
         ctx.reason = "forced" if force and not decision.due else decision.reason
         audit.emit("rotation_started", reason=ctx.reason, old_serial=ctx.old_serial)
@@ -89,19 +91,20 @@ class IssueStep:
         # takes effect; between them the records of this rotation share one fsync (the caller
         # runs it inside ``audit.deferred()``). Here: the CSR leaves the process with the order.
         audit.sync()
-        issuer = r.issuer(spec.account)
+        issuer = r.issuer(account)
         replaces = self._replaces(ctx, issuer)
-        limits = r.config.acme[spec.account].budget
-        r.ledger.record_order(spec.account, now, limits, service=spec.name)
+        limits = r.config.acme[account].budget
+        r.ledger.record_order(account, now, limits, service=spec.name)
         r.book.note(store, last_order_at=now, last_attempt=now)
-        issued = issuer.issue(csr, spec.domains, spec.challenge, replaces=replaces)
+        ctx.extra["account"] = account
+        issued = self._order(ctx, issuer, csr, replaces)
         chain = keys.split_pem_chain(issued.cert_pem + issued.chain_pem)
         info = keys.cert_info(chain[0])
         issued_at = clock.now()
         # Counted once the CA issued it, not with the order: a kill in between must not leave
         # a certificate counted that was never issued (with 6-day certificates and the CA's
         # 5 per week, a few such kills would hold renewals back until expiry).
-        r.ledger.record_certificate(spec.account, spec.domains, issued_at, limits)
+        r.ledger.record_certificate(account, spec.domains, issued_at, limits)
         ctx.extra["issued_at"] = issued_at
         ctx.new_cert_fp = keys.cert_fingerprint(chain[0])
         audit.emit(
@@ -114,6 +117,8 @@ class IssueStep:
             cert_fingerprint=ctx.new_cert_fp,
             order_url=issued.order_url,
             replaces=issued.replaces,
+            account=account,
+            profile=spec.profile,
         )
         keys.verify_bundle(key, chain, spec.domains, clock.now())
         audit.sync()  # the key and its certificate reach the disk next
@@ -124,7 +129,7 @@ class IssueStep:
             meta=IssuedMeta(
                 names=spec.domains,
                 key_type=spec.key_type,
-                account=spec.account,
+                account=account,
                 directory=issuer.directory_url,
                 serial=info.serial,
                 not_before=info.not_before,
@@ -163,17 +168,36 @@ class IssueStep:
         audit.sync()
         journal.mark(ctx, Phase.ACTIVATED)
 
-    def _held_back(self, ctx: Ctx, decision: policy.Decision, force: bool, now: datetime) -> bool:
+    def _order(
+        self, ctx: Ctx, issuer: Issuer, csr: bytes, replaces: str | None
+    ) -> IssuedCertificate:
+        spec = ctx.spec
+        try:
+            return issuer.issue(
+                csr, spec.domains, spec.challenge, replaces=replaces, profile=spec.profile
+            )
+        except IssuanceError as exc:
+            if exc.problem_type != PROFILE_NOT_OFFERED:
+                raise
+            raise IssuanceError(
+                f"{self._r.config.source}: services.{spec.name}.profile: {exc}",
+                retryable=False,
+                problem_type=exc.problem_type,
+            ) from exc
+
+    def _held_back(
+        self, ctx: Ctx, decision: policy.Decision, force: bool, now: datetime, account: str
+    ) -> bool:
         """Apply the budget (every trigger) and, for automatic triggers, the loop invariants."""
         r = self._r
         spec = ctx.spec
-        limits = r.config.acme[spec.account].budget
-        free = r.ledger.free_at(spec.account, spec.domains, limits, now)
+        limits = r.config.acme[account].budget
+        free = r.ledger.free_at(account, spec.domains, limits, now)
         if free is not None:
-            usage = r.ledger.usage(spec.account, spec.domains, limits, now)
+            usage = r.ledger.usage(account, spec.domains, limits, now)
             ctx.stage, ctx.reason, ctx.deferred_until = Stage.DEFERRED, "budget_exhausted", free
             ctx.error = StoreError(
-                f"issuance budget of account {spec.account!r} is spent "
+                f"issuance budget of account {account!r} is spent "
                 f"({usage['orders_used']}/{limits.orders} orders per {limits.orders_window}, "
                 f"{usage['certificates_used']}/{limits.certificates} certificates for these "
                 f"names per {limits.certificates_window}); next slot at {free.isoformat()}"

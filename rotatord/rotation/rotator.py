@@ -35,7 +35,12 @@ from rotatord.observe.logging import get_logger
 from rotatord.rotation import journal
 from rotatord.rotation.book import BudgetLedger, StatusBook
 from rotatord.rotation.deploy import Deployer
-from rotatord.rotation.failure import record_deferred, record_failure, record_success
+from rotatord.rotation.failure import (
+    prune_versions,
+    record_deferred,
+    record_failure,
+    record_success,
+)
 from rotatord.rotation.installed import PublicCache, service_store, with_key
 from rotatord.rotation.issue import IssueStep
 from rotatord.rotation.revoke import revoke as revoke_service
@@ -150,7 +155,9 @@ class Rotator:
     ) -> policy.Decision:
         if installed is None:
             return policy.decide(None, now)
-        directory = self.config.acme[spec.account].directory
+        meta = installed.bundle.meta
+        issuing = meta.account if meta.account in spec.accounts else spec.account
+        directory = self.config.acme[issuing].directory
         drift = policy.config_drift(installed.bundle.meta, spec, directory)
         return policy.decide(
             installed.info,
@@ -426,7 +433,7 @@ class Rotator:
             if not c.rolled_back:
                 journal.mark_synced(c, Phase.FINISHED)
             try:
-                self._prune(c)
+                prune_versions(c, self.config.daemon.keep_versions)
             except AuditError as audit_exc:
                 c.error = c.error or audit_exc
         problem = c.error or c.deploy_error
@@ -437,14 +444,4 @@ class Rotator:
                 c, problem, outcome, clock=self._clock, book=self.book, daemon=self._daemon()
             )
         return record_success(c, clock=self._clock, book=self.book)
-
-    def _prune(self, ctx: Ctx) -> None:
-        keep = ctx.spec.keep_versions or self.config.daemon.keep_versions
-        try:
-            removed = ctx.store.prune(keep)
-        except (OSError, StoreError) as exc:
-            log.warning("prune_failed", service=ctx.spec.name, error=str(exc))
-            return
-        for v in removed:
-            ctx.audit.emit("key_destroyed", version=v.name, why="pruned")
 

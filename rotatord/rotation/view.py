@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rotatord.core import policy
+from rotatord.rotation import fallback
 
 if TYPE_CHECKING:
     from rotatord.rotation.rotator import Rotator
@@ -32,6 +33,8 @@ def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]
             days_left=round((info.not_after - now).total_seconds() / 86400, 3),
             seconds_left=int((info.not_after - now).total_seconds()),
             version=installed.version.name,
+            issued_by=installed.bundle.meta.account,
+            issuer_directory=installed.bundle.meta.directory,
         )
         if policy.renew_before_clamped(info.lifetime, spec.renew_before):
             doc["warning"] = policy.clamp_message(spec.renew_before, info.lifetime)
@@ -57,6 +60,10 @@ def service_status(rotator: Rotator, name: str, now: datetime) -> dict[str, Any]
     doc["status_persisted"] = entry.persisted
     if not entry.persisted:
         doc["status_error"] = entry.persist_error
-    limits = rotator.config.acme[spec.account].budget
-    doc["budget"] = rotator.ledger.usage(spec.account, spec.domains, limits, now)
+    account = fallback.in_use(spec, status)
+    if len(spec.accounts) > 1:
+        doc.update(accounts=list(spec.accounts), account_in_use=account)
+        doc["account_failures"] = status.account_failures
+    limits = rotator.config.acme[account].budget
+    doc["budget"] = rotator.ledger.usage(account, spec.domains, limits, now)
     return doc

@@ -78,6 +78,9 @@ class ServiceStatus:
     last_issued_at: datetime | None = None
     issued_lifetime_s: float | None = None
     deferred: str | None = None
+    #: CA fallback: the account in use (None: the service's first) and its failures in a row.
+    account: str | None = None
+    account_failures: int = 0
 
     @property
     def issued_lifetime(self) -> timedelta | None:
@@ -97,7 +100,7 @@ class ServiceStatus:
                 "last_issued_at",
             ):
                 out[f.name] = _time(value)
-            elif f.name == "failures":
+            elif f.name in ("failures", "account_failures"):
                 out[f.name] = value if isinstance(value, int) and value >= 0 else 0
             elif f.name == "issued_lifetime_s":
                 ok = isinstance(value, int | float) and not isinstance(value, bool)
