@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from rotatord.core.observing import ObserveSpec
+
 
 class KeyType(enum.Enum):
     """Private key algorithms rotatord generates. Values are the config spellings."""
@@ -237,6 +239,7 @@ class Config:
     acme: Mapping[str, AcmeSpec]
     services: Mapping[str, ServiceSpec]
     reload_targets: Mapping[str, ReloadTarget] = field(default_factory=lambda: MappingProxyType({}))
+    observe: ObserveSpec = field(default_factory=ObserveSpec)  # [metrics] [alerts] [heartbeat]
 
 
 # --------------------------------------------------------------------------- certificates

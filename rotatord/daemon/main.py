@@ -24,10 +24,12 @@ from rotatord.core.model import Config, Trigger
 from rotatord.daemon.compose import IssuerCache, build_rotator
 from rotatord.daemon.lifecycle import DaemonLock, install_signals, restore_signals
 from rotatord.daemon.loop import ServiceLoop
+from rotatord.daemon.observing import Observing
 from rotatord.daemon.planner import Planner
 from rotatord.daemon.verbs import Verbs
 from rotatord.observe.audit import AuditLog, open_audit
 from rotatord.observe.logging import configure_logging, get_logger
+from rotatord.observe.tap import TappedAudit
 from rotatord.rotation import Rotator, recover_service, recover_state
 from rotatord.runtime.confwatch import ConfigWatcher
 from rotatord.runtime.control import ControlServer
@@ -62,7 +64,7 @@ class Daemon:
         self.config: Config
         self.rotator: Rotator
         self.issuers: IssuerCache
-        self.audit: AuditLog
+        self.audit: AuditLog | TappedAudit
         self.scheduler: Scheduler
         self.planner: Planner
         self.loop: ServiceLoop
@@ -99,7 +101,8 @@ class Daemon:
 
     def _serve(self) -> int:
         cfg = self.config
-        self.audit = open_audit(cfg, self.clock)
+        self.observing = Observing(lambda: self.config, self.clock)
+        self.audit = self.observing.tap(open_audit(cfg, self.clock))
         self.issuers = IssuerCache(cfg, self.clock)
         self.rotator = build_rotator(cfg, self.clock, audit=self.audit, issuers=self.issuers)
         try:
@@ -132,7 +135,9 @@ class Daemon:
         )
         try:
             control.start()
+            self.observing.start(lambda: verbs.status(None))
         except RotatordError as exc:
+            control.stop()
             print(f"rotatord: {exc}", file=sys.stderr)
             return 1
         watcher = ConfigWatcher(self.config_path, self.request_reload)
@@ -151,6 +156,7 @@ class Daemon:
             self._main_loop()
         finally:
             self.notifier.stopping()
+            self.observing.stop()
             self.loop.stop()
             self.rotator.begin_shutdown()
             watcher.stop()
