@@ -46,7 +46,8 @@ class Observing:
                 spec.metrics.listen, self.metrics.registry, spec.metrics.max_connections
             )
             self.server.start()
-        if spec.alerts.enabled or spec.heartbeat.enabled:
+        # The check cycle also feeds rotatord_last_check_timestamp_seconds (the stale-daemon rule).
+        if spec.alerts.enabled or spec.heartbeat.enabled or self.server is not None:
             queue = AlertQueue(cfg.daemon.state_dir, spec.alerts.queue_max)
             self.threads = ObserverThreads(
                 lambda: self._config().observe, status, self._clock, queue, self.metrics
