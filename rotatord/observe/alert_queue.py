@@ -182,11 +182,13 @@ class AlertQueue:
                 heads.setdefault(d.sink, d)
             return [d for d in heads.values() if d.next_try <= now]
 
-    def next_due(self) -> datetime | None:
+    def next_due(self, exclude: set[str] | None = None) -> datetime | None:
+        """When the next head of a sink not in ``exclude`` is due."""
         with self._lock:
             heads: dict[str, Delivery] = {}
             for d in self.pending:
-                heads.setdefault(d.sink, d)
+                if not exclude or d.sink not in exclude:
+                    heads.setdefault(d.sink, d)
             return min((d.next_try for d in heads.values()), default=None)
 
     def delivered(self, delivery: Delivery) -> None:

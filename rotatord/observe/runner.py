@@ -143,13 +143,15 @@ class ObserverThreads:
         alerts = self._spec().alerts
         now = self._clock.now()
         waits = [MAX_WAIT]
+        held: set[str] = set()
         for d in self.queue.due(now, set(sinks)):
             later = self._rate_ok(d.sink, now, alerts.max_per_minute)
             if later is not None:
+                held.add(d.sink)  # over its rate: wait for the minute, not for the queue
                 waits.append((later - now).total_seconds())
                 continue
             self._deliver(d, sinks[d.sink], now)
-        nxt = self.queue.next_due()
+        nxt = self.queue.next_due(exclude=held)
         if nxt is not None:
             waits.append((nxt - self._clock.now()).total_seconds())
         self.metrics.alerts_pending.set(len(self.queue))
