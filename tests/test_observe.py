@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -33,7 +34,7 @@ from rotatord.observe.heartbeat import beat
 from rotatord.observe.metrics import Metrics, acme_endpoint, cause_of
 from rotatord.observe.metrics_http import MetricsServer
 from rotatord.observe.runner import ObserverThreads
-from tests.observe_harness import Receiver, free_port
+from tests.observe_harness import Receiver, binary, free_port
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -440,3 +441,18 @@ def test_observe_config_errors_name_file_and_key(
     assert words in found[0].message
     assert found[0].file == str(tmp_path / "r.toml")
     assert "secret-token" not in str(info.value)
+
+
+def test_example_alert_rules_fire_on_expiry_failures_and_a_stale_daemon() -> None:
+    """promtool's rule unit test: the example rules fire on a certificate 3 days from expiry,
+    on three consecutive failures and on a check cycle that stopped — and not before."""
+    rules_dir = Path(__file__).resolve().parent.parent / "config"
+    result = subprocess.run(
+        [binary("promtool"), "test", "rules", "alerts.rules.test.yml"],
+        cwd=rules_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
