@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -34,7 +35,7 @@ from rotatord.observe.heartbeat import beat
 from rotatord.observe.metrics import Metrics, acme_endpoint, cause_of
 from rotatord.observe.metrics_http import MetricsServer
 from rotatord.observe.runner import ObserverThreads
-from tests.observe_harness import Receiver, binary, free_port
+from tests.observe_harness import Receiver, binary, free_port, until
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -456,3 +457,36 @@ def test_example_alert_rules_fire_on_expiry_failures_and_a_stale_daemon() -> Non
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_metrics_listener_is_bounded_at_accept() -> None:
+    """With max_connections = 2, two idle connections hold both slots: a third is closed at
+    once without an answer; once they go, scrapes are answered again."""
+    m = Metrics("t")
+    port = free_port()
+    server = MetricsServer(("127.0.0.1", port), m.registry, 2)
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            try:
+                third.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                answer = third.recv(100)
+            except (ConnectionResetError, BrokenPipeError):
+                answer = b""  # closed before or while we sent: refused all the same
+            assert answer == b""
+    finally:
+        for s in idle:
+            s.close()
+
+    def scrape() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return bool(r.status == 200)
+        except (ConnectionError, urllib.error.URLError):
+            return False
+
+    try:
+        until(scrape, 10, "a scrape answered after the idle connections closed")
+    finally:
+        server.stop()

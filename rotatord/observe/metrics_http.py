@@ -1,8 +1,9 @@
 """The metrics listener: ``GET /metrics`` (Prometheus text or OpenMetrics) on one address.
 
 Off unless ``[metrics] listen`` is set. It binds exactly the configured address (no wildcard
-fallback) and is bounded: at most ``max_connections`` requests at once (others get 503 at once),
-a socket timeout per connection, GET/HEAD only, no request body read. Serving never touches the
+fallback) and is bounded: at most ``max_connections`` connections at once (more are closed at
+accept, so a flood cannot grow threads), a socket timeout per read, GET/HEAD only, no request
+body read. Serving never touches the
 daemon's state beyond what the registry's collectors read.
 """
 
@@ -34,6 +35,25 @@ class _Server(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(limit)
         super().__init__(address, _Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Bound at accept: past the limit a connection is closed at once, so a flood of idle
+        # connections cannot grow one thread each (each slot is held at most SOCKET_TIMEOUT
+        # per read).
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -48,21 +68,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=False)
 
     def _serve(self, *, body: bool) -> None:
-        if not self.server.slots.acquire(blocking=False):
-            self._send(503, b"busy\n", "text/plain")
-            return
-        try:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                data = encoder(self.server.registry)
-                self._send(200, data if body else b"", content_type, len(data))
-            elif path == "/healthz":
-                self._send(200, b"ok\n" if body else b"", "text/plain", 3)
-            else:
-                self._send(404, b"not found\n", "text/plain")
-        finally:
-            self.server.slots.release()
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            data = encoder(self.server.registry)
+            self._send(200, data if body else b"", content_type, len(data))
+        elif path == "/healthz":
+            self._send(200, b"ok\n" if body else b"", "text/plain", 3)
+        else:
+            self._send(404, b"not found\n", "text/plain")
 
     def _send(self, code: int, data: bytes, ctype: str, length: int | None = None) -> None:
         self.send_response(code)
