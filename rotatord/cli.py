@@ -22,6 +22,7 @@ from rotatord.core import policy
 from rotatord.core.errors import ConfigError, ControlError, RotatordError
 from rotatord.core.model import Config, Trigger
 from rotatord.daemon import Daemon, DaemonLock, build_rotator
+from rotatord.daemon.changes import format_plan
 from rotatord.deploy.pathcheck import check_paths
 from rotatord.observe.logging import configure_logging
 from rotatord.rotation import read_installed, recover_service, recover_state, service_status
@@ -73,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("services", nargs="*", metavar="SERVICE")
     sub.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     sub.add_parser("reload", help="ask the running daemon to re-read its config")
+    pl = sub.add_parser("plan", help="show what reloading a changed config would do; do nothing")
+    pl.add_argument(
+        "candidate",
+        nargs="?",
+        type=Path,
+        metavar="NEW_CONFIG",
+        help="the config to compare with the running one (default: the -c file as it is now)",
+    )
     cli_audit.add_parsers(sub)
     return p
 
@@ -294,20 +303,29 @@ def cmd_recover(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_reload(config: Config) -> int:
+def cmd_reload(config: Config, verb: str = "reload-config", candidate: Path | None = None) -> int:
+    """``reload`` (apply) or ``plan`` (only say what applying ``candidate`` would do)."""
+    name = "plan" if verb == "plan" else "reload"
+    request: dict[str, Any] = {"verb": verb}
+    if candidate is not None:
+        request["config"] = str(candidate.absolute())
     try:
-        reply = _daemon_request(config, {"verb": "reload-config"})
+        reply = _daemon_request(config, request)
     except ControlError as exc:
-        print(f"reload: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if reply is None:
-        print(f"reload: no daemon listening on {config.daemon.control_socket}", file=sys.stderr)
+        print(f"{name}: no daemon listening on {config.daemon.control_socket}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if reply.get("ok") and verb == "plan":
+        print("\n".join(format_plan(reply)))
+        return EXIT_OK
     if reply.get("ok"):
         print(
             f"reloaded: added {reply.get('added')}, removed {reply.get('removed')}, "
             f"changed {reply.get('changed')}"
         )
+        print("\n".join(format_plan(reply)))
         return EXIT_OK
     for problem in reply.get("problems") or [reply.get("error")]:
         print(f"  {problem}", file=sys.stderr)
@@ -337,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(config, args)
         if args.command == "reload":
             return cmd_reload(config)
+        if args.command == "plan":
+            return cmd_reload(config, "plan", args.candidate)
         if args.command == "revoke":
             return cmd_revoke(config, args)
         if args.command == "recover":

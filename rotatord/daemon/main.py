@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from rotatord.clock import Clock, SystemClock
 from rotatord.config import load_config
 from rotatord.core.errors import AuditError, ConfigError, RotatordError
 from rotatord.core.model import Config, Trigger
+from rotatord.daemon.changes import format_plan, keep_fixed, plan_changes
 from rotatord.daemon.compose import IssuerCache, build_rotator
 from rotatord.daemon.lifecycle import DaemonLock, install_signals, restore_signals
 from rotatord.daemon.loop import ServiceLoop
@@ -126,7 +126,7 @@ class Daemon:
             self.scheduler.schedule,
             self.scheduler.submit,
         )
-        verbs = Verbs(lambda: self.config, self.loop, self.reload_config)
+        verbs = Verbs(lambda: self.config, self.loop, self.reload_config, plan=self.plan_config)
         control = ControlServer(
             cfg.daemon.control_socket,
             verbs.handle,
@@ -216,6 +216,18 @@ class Daemon:
 
     # ------------------------------------------------------------------ configuration
 
+    def plan_config(self, candidate: Path | None = None) -> dict[str, Any]:
+        """What ``reload_config`` would do with ``candidate`` (default: the config file as it is
+        now) in place of the running config, without doing anything."""
+        try:
+            new = load_config(candidate or self.config_path)
+        except ConfigError as exc:
+            return {"ok": False, "problems": [str(p) for p in exc.problems]}
+        return {
+            "ok": True,
+            **plan_changes(self.config, new, self.rotator.installed, self.clock.now()),
+        }
+
     def reload_config(self, uid: int | None = None) -> dict[str, Any]:
         """Validate the file; on problems keep the old config; else reschedule what changed."""
         self.notifier.reloading()
@@ -230,15 +242,11 @@ class Daemon:
                 log.error("config_rejected", problems=problems)
                 return {"ok": False, "problems": problems}
             old = self.config
-            restart_needed = []
-            if new.daemon != old.daemon:
-                # State dir, socket, pool size and audit path are fixed for the process's life.
-                restart_needed = [
-                    f.name
-                    for f in fields(old.daemon)
-                    if getattr(old.daemon, f.name) != getattr(new.daemon, f.name)
-                ]
-                new = replace(new, daemon=old.daemon)
+            plan = plan_changes(old, new, self.rotator.installed, self.clock.now())
+            # State dir, socket, pool size, audit path, metrics listener: fixed for the
+            # process's life; the running values stay until a restart.
+            restart_needed = plan["restart_needed"]
+            new = keep_fixed(old, new)
             added = sorted(set(new.services) - set(old.services))
             removed = sorted(set(old.services) - set(new.services))
             changed = sorted(
@@ -265,8 +273,9 @@ class Daemon:
                 removed=removed,
                 changed=changed,
                 restart_needed=restart_needed,
+                plan=format_plan(plan),
                 uid=uid,
             )
-            return {"ok": True, "added": added, "removed": removed, "changed": changed}
+            return {"ok": True, "added": added, "removed": removed, "changed": changed, **plan}
         finally:
             self.notifier.ready(f"{len(self.config.services)} services scheduled")
