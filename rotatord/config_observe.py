@@ -18,6 +18,7 @@ from rotatord.core.observing import (
     HeartbeatSpec,
     MetricsSpec,
     ObserveSpec,
+    WatchSpec,
     WebhookSink,
 )
 
@@ -35,6 +36,7 @@ _ALERT_KEYS = (
 _WEBHOOK_KEYS = ("url", "timeout", "hmac_secret_file", "ca_bundle")
 _COMMAND_KEYS = ("argv", "timeout", "env")
 _HEARTBEAT_KEYS = ("url", "file", "interval", "timeout", "ca_bundle")
+_WATCH_KEYS = ("file", "endpoint", "sni", "names", "warn_before", "interval", "timeout")
 _DAY = 86400.0
 
 
@@ -42,7 +44,8 @@ def parse_observe(ctx: c._Ctx, root: Mapping[str, Any]) -> ObserveSpec:
     metrics = _metrics(ctx, root["metrics"]) if "metrics" in root else MetricsSpec()
     alerts = _alerts(ctx, root["alerts"]) if "alerts" in root else AlertsSpec()
     heartbeat = _heartbeat(ctx, root["heartbeat"]) if "heartbeat" in root else HeartbeatSpec()
-    return ObserveSpec(metrics=metrics, alerts=alerts, heartbeat=heartbeat)
+    watches = _watches(ctx, root["watch"], root.get("services")) if "watch" in root else ()
+    return ObserveSpec(metrics=metrics, alerts=alerts, heartbeat=heartbeat, watches=watches)
 
 
 def _metrics(ctx: c._Ctx, raw: object) -> MetricsSpec:
@@ -186,3 +189,61 @@ def _heartbeat(ctx: c._Ctx, raw: object) -> HeartbeatSpec:
         timeout_seconds=c._seconds(ctx, table, "timeout", "heartbeat", 300) or d.timeout_seconds,
         ca_bundle=_file(ctx, table, "ca_bundle", "heartbeat"),
     )
+
+
+def _watches(ctx: c._Ctx, raw: object, services: object) -> tuple[WatchSpec, ...]:
+    table = c._table(ctx, raw, "watch")
+    out = []
+    for name, item in (table or {}).items():
+        where = c._join("watch", name)
+        if not c._check_name(ctx, name, where, "watch", "it names the certificate in metrics"):
+            continue
+        if isinstance(services, Mapping) and name in services:
+            ctx.add(
+                where, f"a service is also named {name!r}; metrics and alerts need one name each"
+            )
+            continue
+        spec = c._table(ctx, item, where)
+        if spec is None:
+            continue
+        c._known_keys(ctx, spec, where, _WATCH_KEYS)
+        if ("file" in spec) == ("endpoint" in spec):
+            ctx.add(
+                where, "give exactly one of 'file' (a PEM certificate) or 'endpoint' (host:port)"
+            )
+            continue
+        host = port = None
+        endpoint = c._string(ctx, spec, "endpoint", where)
+        if endpoint is not None:
+            parsed = c._parse_host_port(
+                endpoint, "'127.0.0.1:443' or 'mail.example.com:993'", "missing host"
+            )
+            if isinstance(parsed, str):
+                ctx.add(c._join(where, "endpoint"), parsed)
+                continue
+            host, port = parsed
+        sni = c._string(ctx, spec, "sni", where)
+        names: list[str] = []
+        if "names" in spec:
+            names = c._string_list(ctx, spec["names"], c._join(where, "names"), "names") or []
+        if not names and host is not None:
+            names = [sni or host]
+        warn = None
+        if "warn_before" in spec:
+            value = c._duration_value(ctx, spec["warn_before"], c._join(where, "warn_before"))
+            warn = value.total_seconds() if value is not None else None
+        d = WatchSpec(name)
+        out.append(
+            WatchSpec(
+                name,
+                file=c._path(ctx, spec, "file", where),
+                host=host,
+                port=port,
+                sni=sni or host,
+                names=tuple(n.lower() for n in names),
+                warn_before_seconds=warn or d.warn_before_seconds,
+                interval_seconds=_seconds(ctx, spec, "interval", where) or d.interval_seconds,
+                timeout_seconds=c._seconds(ctx, spec, "timeout", where, 300) or d.timeout_seconds,
+            )
+        )
+    return tuple(out)

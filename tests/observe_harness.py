@@ -214,3 +214,36 @@ def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)  # a wait for a condition, bounded by the deadline
+
+
+class TlsEndpoint:
+    """A TLS server on 127.0.0.1 serving one certificate (a real handshake per connection)."""
+
+    def __init__(self, workdir: Path, cert_pem: bytes, key_pem: bytes) -> None:
+        import ssl
+
+        (workdir / "ep-cert.pem").write_bytes(cert_pem)
+        (workdir / "ep-key.pem").write_bytes(key_pem)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(workdir / "ep-cert.pem", workdir / "ep-key.pem")
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.handshakes = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True):
+                    self.handshakes += 1
+            except OSError:
+                conn.close()
+
+    def stop(self) -> None:
+        self.sock.close()

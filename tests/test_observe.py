@@ -21,11 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from rotatord.clock import FakeClock
 from rotatord.config import parse_config
 from rotatord.core.errors import ConfigError
+from rotatord.core.keys import generate_key
+from rotatord.core.model import KeyType
 from rotatord.core.observing import (
     AlertsSpec,
     CommandSink,
     HeartbeatSpec,
     ObserveSpec,
+    WatchSpec,
     WebhookSink,
 )
 from rotatord.observe.alert_queue import AlertQueue
@@ -35,7 +38,9 @@ from rotatord.observe.heartbeat import beat
 from rotatord.observe.metrics import Metrics, acme_endpoint, cause_of
 from rotatord.observe.metrics_http import MetricsServer
 from rotatord.observe.runner import ObserverThreads
-from tests.observe_harness import Receiver, binary, free_port, until
+from rotatord.observe.watch import Watcher, check, covers
+from tests.certs import cert_to_pem, issue_leaf, key_to_pem, make_ca
+from tests.observe_harness import Receiver, TlsEndpoint, binary, free_port, until
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -490,3 +495,99 @@ def test_metrics_listener_is_bounded_at_accept() -> None:
         until(scrape, 10, "a scrape answered after the idle connections closed")
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- watched certificates
+
+
+def leaf_pem(
+    names: list[str], not_after: datetime, not_before: datetime | None = None
+) -> tuple[bytes, bytes]:
+    ca = make_ca()
+    key = generate_key(KeyType.ECDSA_P256)
+    cert = issue_leaf(ca, key, names, not_before or not_after - 90 * DAY, not_after)
+    return cert_to_pem(cert), key_to_pem(key)
+
+
+def test_watched_endpoint_three_days_from_expiry_and_wrong_names_alert(tmp_path: Path) -> None:
+    """A TLS endpoint serving a certificate 3 days from expiry for other names: one
+    ``expiring/soon`` and one ``mismatch`` alert; an unreachable one ``watch_failed``; each
+    resolved once fixed (here: a check that succeeds with a good certificate)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    cert, key = leaf_pem(["other.example.test"], now + 3 * DAY)
+    ep = TlsEndpoint(tmp_path, cert, key)
+    try:
+        clock = FakeClock(now)
+        spec = WatchSpec(
+            "legacy",
+            host="127.0.0.1",
+            port=ep.port,
+            sni="legacy.example.test",
+            names=("legacy.example.test",),
+            interval_seconds=60,
+        )
+        gone = WatchSpec("gone", host="127.0.0.1", port=free_port(), timeout_seconds=2)
+        alerts = AlertsSpec(webhooks=(WebhookSink("ops", "http://127.0.0.1:9/x"),))
+        observe = ObserveSpec(alerts=alerts, watches=(spec, gone))
+        watcher = Watcher(lambda: observe.watches, clock)
+        t = ObserverThreads(
+            lambda: observe, lambda: [], clock, AlertQueue(tmp_path, 100), Metrics("t"), watcher
+        )
+        assert watcher.check_due() == 60
+        assert ep.handshakes == 1
+        r = watcher.results["legacy"]
+        assert r.not_after == now + 3 * DAY and r.missing == ("legacy.example.test",)
+        assert watcher.results["gone"].error
+        t.check_once()
+        t.check_once()  # deduplicated: nothing new
+        got = sorted(
+            (d.alert["kind"], d.alert["service"], d.alert["step"]) for d in t.queue.pending
+        )
+        assert got == [
+            ("expiring", "legacy", "soon"),
+            ("mismatch", "legacy", "names"),
+            ("watch_failed", "gone", "unreachable"),
+        ]
+        clock.advance(2 * DAY + timedelta(hours=1))  # under a day left: escalates
+        t.check_once()
+        assert [d.alert["step"] for d in t.queue.pending][-1] == "day"
+    finally:
+        ep.stop()
+    docs = {d["service"]: d for d in watcher.docs()}
+    assert docs["legacy"]["account"] == "watch" and docs["gone"]["failures"] == 1
+
+
+def test_watched_file_is_read_without_following_symlinks(tmp_path: Path) -> None:
+    """A PEM file is parsed for its first certificate; a symlink in its place is a failure."""
+    now = T0
+    cert, _ = leaf_pem(["*.example.test"], now + 100 * DAY)
+    pem = tmp_path / "c.pem"
+    pem.write_bytes(cert)
+    ok = check(WatchSpec("f", file=pem, names=("www.example.test",)), now)
+    assert ok.error is None and ok.missing == () and ok.not_after == now + 100 * DAY
+    link = tmp_path / "l.pem"
+    link.symlink_to(pem)
+    assert check(WatchSpec("l", file=link), now).error is not None
+    assert covers(("*.example.test",), "a.example.test")
+    assert not covers(("*.example.test",), "a.b.example.test")
+
+
+@pytest.mark.parametrize(
+    ("watch", "path", "words"),
+    [
+        ({"x": {}}, "watch.x", "exactly one of"),
+        ({"x": {"endpoint": "nohost"}}, "watch.x.endpoint", "host:port"),
+        ({"x": {"file": "a.pem", "warn_before": "soon"}}, "watch.x.warn_before", "duration"),
+        ({"web": {"file": "a.pem"}}, "watch.web", "a service is also named"),
+    ],
+)
+def test_watch_config_errors(tmp_path: Path, watch: dict[str, Any], path: str, words: str) -> None:
+    """[watch.<name>] mistakes name their key path."""
+    data = base(watch=watch)
+    data["services"] = {
+        "web": {"domains": ["web.example.test"], "challenge": {"listen": "127.0.0.1:5002"}}
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path / "r.toml")
+    found = [p for p in info.value.problems if p.path == path]
+    assert found and words in found[0].message, [str(p) for p in info.value.problems]

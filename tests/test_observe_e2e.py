@@ -8,15 +8,18 @@ import signal
 import subprocess
 import time
 import urllib.request
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pebble import PebbleFactory
+from rotatord.core.keys import generate_key
+from rotatord.core.model import KeyType
+from tests.certs import cert_to_pem, issue_leaf, key_to_pem, make_ca
 from tests.daemon_harness import DaemonProcess, events, service, wait_for, write_config
-from tests.observe_harness import Prometheus, Receiver, binary, free_port, until
+from tests.observe_harness import Prometheus, Receiver, TlsEndpoint, binary, free_port, until
 
 pytestmark = pytest.mark.pebble
 
@@ -228,3 +231,51 @@ def test_heartbeat_stops_while_the_daemon_is_stopped(
         assert daemon.stop() == 0
     finally:
         hook.stop()
+
+
+def test_watched_endpoint_three_days_from_expiry_raises_an_alert(
+    pebble_server: object, short_tmp: Path, daemons: list[DaemonProcess]
+) -> None:
+    """A TLS endpoint rotatord does not manage serves a certificate 3 days from expiry: the
+    daemon's webhook gets one ``expiring/soon`` alert for it and /metrics shows its expiry."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key = generate_key(KeyType.ECDSA_P256)
+    cert = issue_leaf(
+        make_ca(), key, ["legacy.example.test"], now - timedelta(days=87), now + timedelta(days=3)
+    )
+    ep = TlsEndpoint(short_tmp, cert_to_pem(cert), key_to_pem(key))
+    hook = Receiver().start()
+    port = free_port()
+    try:
+        config = write_config(
+            short_tmp / "r.toml",
+            pebble_server,  # type: ignore[arg-type]
+            short_tmp / "state",
+            f"""
+[metrics]
+listen = "127.0.0.1:{port}"
+[alerts]
+evaluate_interval = "1s"
+[alerts.webhook.ops]
+url = "{hook.url}"
+[watch.legacy]
+endpoint = "127.0.0.1:{ep.port}"
+sni = "legacy.example.test"
+""",
+        )
+        daemon = start(config, short_tmp, daemons)
+        got = hook.wait(lambda rs: len(rs) >= 1, 20, "the expiring alert")
+        alert = got[0].json()
+        assert (alert["kind"], alert["service"], alert["step"]) == ("expiring", "legacy", "soon")
+        assert alert["not_after"] == (now + timedelta(days=3)).isoformat()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        line = (
+            'rotatord_certificate_expiration_timestamp_seconds{issuer_name="watch",name="legacy"}'
+        )
+        assert line in text
+        assert daemon.stop() == 0
+        assert [a["kind"] for a in hook.alerts()] == ["expiring"], "raised once"
+    finally:
+        hook.stop()
+        ep.stop()

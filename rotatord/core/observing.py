@@ -73,7 +73,25 @@ class HeartbeatSpec:
 
 
 @dataclass(frozen=True)
+class WatchSpec:
+    """A certificate rotatord does not issue: a PEM ``file`` or a TLS endpoint ``host:port``
+    (``sni`` sent, default the host). Alerts when ``warn_before`` or less is left, and when the
+    certificate does not cover ``names`` (default: the SNI name, for an endpoint)."""
+
+    name: str
+    file: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    sni: str | None = None
+    names: tuple[str, ...] = ()
+    warn_before_seconds: float = 14 * 86400.0
+    interval_seconds: float = 3600.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class ObserveSpec:
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     alerts: AlertsSpec = field(default_factory=AlertsSpec)
     heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
+    watches: tuple[WatchSpec, ...] = ()

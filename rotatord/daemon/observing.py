@@ -21,6 +21,7 @@ from rotatord.observe.metrics import Metrics
 from rotatord.observe.metrics_http import MetricsServer
 from rotatord.observe.runner import ObserverThreads
 from rotatord.observe.tap import TappedAudit
+from rotatord.observe.watch import Watcher
 
 
 class Observing:
@@ -30,6 +31,7 @@ class Observing:
         self.metrics = Metrics(__version__)
         self.threads: ObserverThreads | None = None
         self.server: MetricsServer | None = None
+        self.watcher: Watcher | None = None
         self._observers: list[Callable[[str, Any], None]] = [self.metrics.on_event]
 
     def tap(self, audit: AuditLog) -> TappedAudit:
@@ -39,7 +41,16 @@ class Observing:
         """Start what the config asks for; raises RotatordError if the listener cannot bind."""
         cfg = self._config()
         spec = cfg.observe
-        self.metrics.watch_status(status, self._clock.now)
+        if spec.watches:
+            self.watcher = Watcher(lambda: self._config().observe.watches, self._clock)
+            watcher = self.watcher
+
+            def with_watched() -> list[dict[str, Any]]:
+                return status() + watcher.docs()
+
+            self.metrics.watch_status(with_watched, self._clock.now)
+        else:
+            self.metrics.watch_status(status, self._clock.now)
         EXCHANGE_OBSERVERS.append(self.metrics.acme_exchange)
         if spec.metrics.listen is not None:
             self.server = MetricsServer(
@@ -47,15 +58,25 @@ class Observing:
             )
             self.server.start()
         # The check cycle also feeds rotatord_last_check_timestamp_seconds (the stale-daemon rule).
-        if spec.alerts.enabled or spec.heartbeat.enabled or self.server is not None:
+        if spec.alerts.enabled or spec.heartbeat.enabled or self.server or self.watcher:
             queue = AlertQueue(cfg.daemon.state_dir, spec.alerts.queue_max)
             self.threads = ObserverThreads(
-                lambda: self._config().observe, status, self._clock, queue, self.metrics
+                lambda: self._config().observe,
+                status,
+                self._clock,
+                queue,
+                self.metrics,
+                self.watcher,
             )
             self._observers.append(self.threads.on_event)
             self.threads.start()
+            if self.watcher is not None:
+                self.watcher.on_result = self.threads.wake_checker
+                self.watcher.start()
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.threads is not None:
             self.threads.stop()
         if self.server is not None:

@@ -109,8 +109,9 @@ class AlertEngine:
                 name = str(doc.get("service"))
                 seen.add(name)
                 raised += self._evaluate_one(name, doc, now, sinks)
-            for key in [k for k in self.queue.open if k.split(":", 1)[1] not in seen]:
-                self.queue.forget_open(key)  # the service is no longer managed
+            for key in [k for k in self.queue.open if k.startswith("risk:")]:
+                if key.split(":", 1)[1] not in seen:
+                    self.queue.forget_open(key)  # the service is no longer managed
         if raised:
             self._wake()
         return raised
@@ -193,3 +194,101 @@ class AlertEngine:
             self.queue.raise_alert(alert, sinks, now, fired_key=dedup)
         log.warning("alert_raised", service=service, kind=event)
         self._wake()
+
+    # ------------------------------------------------------------------ watched certificates
+
+    def evaluate_watch(
+        self, results: Mapping[str, Any], warn: Mapping[str, float], now: datetime
+    ) -> int:
+        """``expiring`` (soon → day → expired), ``mismatch`` and ``watch_failed`` alerts for
+        watched certificates (``results``: name → WatchResult; ``warn``: name → warn_before
+        seconds), each resolved when its condition clears."""
+        sinks = self._sinks()
+        if not sinks:
+            return 0
+        raised = 0
+        with self._lock:
+            for name, r in results.items():
+                if r.error:
+                    failed = ("watch_failed", "unreachable", 1, f"{name}: check failed: {r.error}")
+                    raised += self._condition(f"watchfail:{name}", name, failed, now, sinks)
+                    continue
+                raised += self._condition(f"watchfail:{name}", name, None, now, sinks)
+                step = watch_step(r.not_after, warn.get(name, 0.0), now)
+                expiring = None
+                if step is not None:
+                    what = (
+                        "expired" if step[0] == "expired" else f"expires {r.not_after.isoformat()}"
+                    )
+                    expiring = ("expiring", step[0], step[1], f"{name}: certificate {what}")
+                raised += self._condition(f"watch:{name}", name, expiring, now, sinks, r)
+                mismatch = None
+                if r.missing:
+                    text = f"{name}: certificate does not cover {', '.join(r.missing)}"
+                    mismatch = ("mismatch", "names", 1, text)
+                raised += self._condition(f"watchnames:{name}", name, mismatch, now, sinks, r)
+            for key in [
+                k for k in self.queue.open if k.startswith(("watch:", "watchfail:", "watchnames:"))
+            ]:
+                if key.split(":", 1)[1] not in results:
+                    self.queue.forget_open(key)
+        if raised:
+            self._wake()
+        return raised
+
+    def _condition(
+        self,
+        key: str,
+        name: str,
+        state: tuple[str, str, int, str] | None,
+        now: datetime,
+        sinks: list[str],
+        result: Any = None,
+    ) -> int:
+        """Raise ``state`` (kind, step, rank, summary) if it escalates what is open under
+        ``key``; resolve what is open when ``state`` is None."""
+        opened = self.queue.open_state(key)
+        facts: dict[str, Any] = {"watched": True}
+        if result is not None:
+            facts["not_after"] = result.not_after.isoformat() if result.not_after else None
+            facts["names"] = list(result.names)[:20]
+        if state is None:
+            if opened is None:
+                return 0
+            alert = self._alert(
+                "resolved",
+                name,
+                now,
+                severity="info",
+                resolves=opened.get("alert_id"),
+                step=opened.get("step"),
+                summary=f"{name}: {opened.get('kind')} cleared",
+                **facts,
+            )
+            self.queue.raise_alert(alert, sinks, now, open_key=key, open_state=None)
+            return 1
+        kind, step, rank, summary = state
+        known = opened.get("rank") if opened is not None else None
+        if isinstance(known, int) and rank <= known:
+            return 0
+        severity = "warning" if step in ("soon", "names", "unreachable") else "critical"
+        alert = self._alert(kind, name, now, step=step, severity=severity, summary=summary, **facts)
+        record = {"kind": kind, "step": step, "rank": rank, "alert_id": alert["id"]}
+        self.queue.raise_alert(alert, sinks, now, open_key=key, open_state=record)
+        log.warning("alert_raised", service=name, kind=kind, step=step)
+        return 1
+
+
+def watch_step(not_after: datetime | None, warn_s: float, now: datetime) -> tuple[str, int] | None:
+    """(step, rank) of a watched certificate: ``soon`` (within ``warn_before``), ``day``,
+    ``expired``; None while more is left."""
+    if not_after is None:
+        return None
+    left = not_after - now
+    if left <= timedelta(0):
+        return "expired", 3
+    if left <= _DAY:
+        return "day", 2
+    if left <= timedelta(seconds=warn_s):
+        return "soon", 1
+    return None

@@ -27,6 +27,7 @@ from rotatord.observe.alerts import AlertEngine
 from rotatord.observe.heartbeat import beat
 from rotatord.observe.logging import get_logger
 from rotatord.observe.metrics import Metrics
+from rotatord.observe.watch import Watcher
 
 log = get_logger("rotatord.observer")
 
@@ -42,12 +43,14 @@ class ObserverThreads:
         clock: Clock,
         queue: AlertQueue,
         metrics: Metrics,
+        watcher: Watcher | None = None,
     ) -> None:
         self._spec = spec
         self._status = status
         self._clock = clock
         self.queue = queue
         self.metrics = metrics
+        self.watcher = watcher
         self.engine = AlertEngine(lambda: spec().alerts, queue, self.wake_sender)
         self._check_wake = threading.Event()
         self._send_wake = threading.Event()
@@ -93,6 +96,9 @@ class ObserverThreads:
         try:
             docs = self._status()
             self.engine.evaluate(docs, now)
+            if self.watcher is not None:
+                warn = {w.name: w.warn_before_seconds for w in self._spec().watches}
+                self.engine.evaluate_watch(self.watcher.snapshot(), warn, now)
         except Exception as exc:  # noqa: BLE001 - a failed cycle sends no heartbeat; logged
             log.error("check_cycle_failed", error=str(exc), error_type=type(exc).__name__)
             return False
