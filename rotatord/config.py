@@ -104,7 +104,7 @@ _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_RE: Final = re.compile(r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}")
 
-OBSERVE_KEYS: Final = ("metrics", "alerts", "heartbeat", "watch")
+OBSERVE_KEYS: Final = ("metrics", "alerts", "heartbeat", "watch", "revocation")
 _TOP_KEYS: Final = ("daemon", "acme", "reload_targets", "services", *OBSERVE_KEYS)
 _DAEMON_KEYS: Final = (
     "state_dir",

@@ -18,6 +18,7 @@ from rotatord.core.observing import (
     HeartbeatSpec,
     MetricsSpec,
     ObserveSpec,
+    RevocationSpec,
     WatchSpec,
     WebhookSink,
 )
@@ -36,6 +37,7 @@ _ALERT_KEYS = (
 _WEBHOOK_KEYS = ("url", "timeout", "hmac_secret_file", "ca_bundle")
 _COMMAND_KEYS = ("argv", "timeout", "env")
 _HEARTBEAT_KEYS = ("url", "file", "interval", "timeout", "ca_bundle")
+_REVOCATION_KEYS = ("enabled", "interval", "crl_urls", "timeout")
 _WATCH_KEYS = ("file", "endpoint", "sni", "names", "warn_before", "interval", "timeout")
 _DAY = 86400.0
 
@@ -45,7 +47,14 @@ def parse_observe(ctx: c._Ctx, root: Mapping[str, Any]) -> ObserveSpec:
     alerts = _alerts(ctx, root["alerts"]) if "alerts" in root else AlertsSpec()
     heartbeat = _heartbeat(ctx, root["heartbeat"]) if "heartbeat" in root else HeartbeatSpec()
     watches = _watches(ctx, root["watch"], root.get("services")) if "watch" in root else ()
-    return ObserveSpec(metrics=metrics, alerts=alerts, heartbeat=heartbeat, watches=watches)
+    revocation = _revocation(ctx, root["revocation"]) if "revocation" in root else RevocationSpec()
+    return ObserveSpec(
+        metrics=metrics,
+        alerts=alerts,
+        heartbeat=heartbeat,
+        watches=watches,
+        revocation=revocation,
+    )
 
 
 def _metrics(ctx: c._Ctx, raw: object) -> MetricsSpec:
@@ -247,3 +256,27 @@ def _watches(ctx: c._Ctx, raw: object, services: object) -> tuple[WatchSpec, ...
             )
         )
     return tuple(out)
+
+
+def _revocation(ctx: c._Ctx, raw: object) -> RevocationSpec:
+    table = c._table(ctx, raw, "revocation")
+    if table is None:
+        return RevocationSpec()
+    c._known_keys(ctx, table, "revocation", _REVOCATION_KEYS)
+    d = RevocationSpec()
+    urls: list[str] = []
+    if "crl_urls" in table:
+        where = c._join("revocation", "crl_urls")
+        for index, url in enumerate(c._string_list(ctx, table["crl_urls"], where, "URLs") or []):
+            problem = _url_problem(url)
+            if problem is not None:
+                ctx.add(c._item(where, index), problem)
+            else:
+                urls.append(url)
+    enabled = c._bool(ctx, table, "enabled", "revocation")
+    return RevocationSpec(
+        enabled=d.enabled if enabled is None else enabled,
+        interval_seconds=_seconds(ctx, table, "interval", "revocation") or d.interval_seconds,
+        crl_urls=tuple(urls),
+        timeout_seconds=c._seconds(ctx, table, "timeout", "revocation", 300) or d.timeout_seconds,
+    )

@@ -35,6 +35,7 @@ class Trigger(enum.Enum):
     MANUAL = "manual"
     CONFIG_CHANGE = "config_change"
     ARI = "ari"
+    REVOKED = "revoked"  # the CA's CRL lists the current certificate
 
 
 # --------------------------------------------------------------------------- daemon and accounts

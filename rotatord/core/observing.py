@@ -90,8 +90,20 @@ class WatchSpec:
 
 
 @dataclass(frozen=True)
+class RevocationSpec:
+    """CRL checks of rotatord's own certificates: each certificate's CRL distribution points
+    plus ``crl_urls`` (for a CA whose certificates name none), every ``interval``."""
+
+    enabled: bool = True
+    interval_seconds: float = 6 * 3600.0
+    crl_urls: tuple[str, ...] = ()
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class ObserveSpec:
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     alerts: AlertsSpec = field(default_factory=AlertsSpec)
     heartbeat: HeartbeatSpec = field(default_factory=HeartbeatSpec)
     watches: tuple[WatchSpec, ...] = ()
+    revocation: RevocationSpec = field(default_factory=RevocationSpec)

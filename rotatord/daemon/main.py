@@ -135,7 +135,7 @@ class Daemon:
         )
         try:
             control.start()
-            self.observing.start(lambda: verbs.status(None))
+            self.observing.start(lambda: verbs.status(None), self.loop)
         except RotatordError as exc:
             control.stop()
             print(f"rotatord: {exc}", file=sys.stderr)

@@ -14,6 +14,8 @@ from typing import Any
 from rotatord import __version__
 from rotatord.clock import Clock
 from rotatord.core.model import Config
+from rotatord.daemon.loop import ServiceLoop
+from rotatord.daemon.revocation import RevocationChecker
 from rotatord.issuing.acme_net import EXCHANGE_OBSERVERS
 from rotatord.observe.alert_queue import AlertQueue
 from rotatord.observe.audit import AuditLog
@@ -32,15 +34,21 @@ class Observing:
         self.threads: ObserverThreads | None = None
         self.server: MetricsServer | None = None
         self.watcher: Watcher | None = None
+        self.revocation: RevocationChecker | None = None
         self._observers: list[Callable[[str, Any], None]] = [self.metrics.on_event]
 
     def tap(self, audit: AuditLog) -> TappedAudit:
         return TappedAudit(audit, self._clock, self._observers, self.metrics.audit_written)
 
-    def start(self, status: Callable[[], list[dict[str, Any]]]) -> None:
+    def start(
+        self, status: Callable[[], list[dict[str, Any]]], loop: ServiceLoop | None = None
+    ) -> None:
         """Start what the config asks for; raises RotatordError if the listener cannot bind."""
         cfg = self._config()
         spec = cfg.observe
+        if loop is not None and spec.revocation.enabled:
+            self.revocation = RevocationChecker(self._config, loop)
+            self.revocation.start()
         if spec.watches:
             self.watcher = Watcher(lambda: self._config().observe.watches, self._clock)
             watcher = self.watcher
@@ -75,6 +83,8 @@ class Observing:
                 self.watcher.start()
 
     def stop(self) -> None:
+        if self.revocation is not None:
+            self.revocation.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.threads is not None:

@@ -87,6 +87,7 @@ EVENTS = frozenset(
         "budget_exhausted",
         "config_warning",
         "rotation_resumed",
+        "revocation_detected",
         START_EVENT,
         SEAL_EVENT,
     }
