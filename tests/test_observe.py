@@ -161,9 +161,17 @@ def test_event_alerts_are_deduplicated_within_the_window(tmp_path: Path) -> None
     e.on_event("alarm", fields, T0 + timedelta(minutes=30))
     e.on_event("rolled_back", {"service": "web", "cause": "probe failed", "ok": True}, T0)
     e.on_event("rotation_finished", {"service": "web"}, T0)
+    e.on_event("revocation_detected", {"service": "web", "serial": "ab12"}, T0)
     e.on_event("alarm", fields, T0 + timedelta(minutes=61))
-    assert queued(e) == [("alarm", None), ("rolled_back", None), ("alarm", None)]
+    assert queued(e) == [
+        ("alarm", None),
+        ("rolled_back", None),
+        ("revocation_detected", None),
+        ("alarm", None),
+    ]
     assert e.queue.pending[1].alert["severity"] == "warning"
+    assert e.queue.pending[2].alert["severity"] == "critical"
+    assert "ab12 is revoked" in e.queue.pending[2].alert["summary"]
 
 
 def test_queue_is_bounded_dropping_the_oldest(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ counts as expired) — one alert per step reached, never a repeat of a step alre
 and a ``resolved`` once the service succeeds again. A step that would come before ⅓ (one day
 of a certificate living less than three) adds nothing and is left out; a step skipped between
 two evaluations is not sent late (the newer one says more).
-*Events*: ``rolled_back`` and ``alarm`` audit records, each key (event, service, problem)
-at most once per ``dedup_window``.
+*Events*: ``rolled_back``, ``alarm`` and ``revocation_detected`` audit records, each key
+(event, service, problem) at most once per ``dedup_window``.
 
 Decisions are pure (``risk_step``) and take ``now``; state and delivery live in the queue.
 Rules: a payload carries service names, times, counts and a clipped error text — never a key,
@@ -166,21 +166,27 @@ class AlertEngine:
 
     def on_event(self, event: str, fields: Mapping[str, Any], now: datetime) -> None:
         """An audit record: a rollback or an alarm becomes an alert (deduplicated)."""
-        if event not in ("rolled_back", "alarm"):
+        if event not in ("rolled_back", "alarm", "revocation_detected"):
             return
         sinks = self._sinks()
         if not sinks:
             return
         service = str(fields.get("service") or "")
-        problem = str(fields.get("problem") or fields.get("cause") or "")[:200]
+        problem = str(fields.get("problem") or fields.get("cause") or fields.get("serial") or "")
+        problem = problem[:200]
         dedup = f"{event}:{service}:{problem}"
         window = timedelta(seconds=self._spec().dedup_seconds)
         with self._lock:
             if self.queue.recently_fired(dedup, now, window):
                 log.info("alert_deduplicated", kind=event, service=service)
                 return
-            severity = "critical" if event == "alarm" or not fields.get("ok", True) else "warning"
-            what = "rolled back to the previous certificate" if event == "rolled_back" else problem
+            bad = event != "rolled_back" or not fields.get("ok", True)
+            severity = "critical" if bad else "warning"
+            what = {
+                "rolled_back": "rolled back to the previous certificate",
+                "revocation_detected": f"certificate {problem} is revoked in the CA's CRL; "
+                "replacing it with a new key",
+            }.get(event, problem)
             alert = self._alert(
                 event,
                 service,
