@@ -542,7 +542,7 @@ def test_watched_endpoint_three_days_from_expiry_and_wrong_names_alert(tmp_path:
             lambda: observe, lambda: [], clock, AlertQueue(tmp_path, 100), Metrics("t"), watcher
         )
         assert watcher.check_due() == 60
-        assert ep.handshakes == 1
+        until(lambda: ep.handshakes == 1, 5, "the server to count the handshake")
         r = watcher.results["legacy"]
         assert r.not_after == now + 3 * DAY and r.missing == ("legacy.example.test",)
         assert watcher.results["gone"].error
