@@ -85,8 +85,10 @@ def test_plan_lists_exactly_the_changes_and_runs_nothing(
     assert reload.stdout.splitlines()[1:] == ["restart needed for: metrics.listen"]
     wait_for(
         audit,
-        lambda rs: bool(events(rs[before:], "certificate_activated", "api"))
-        and bool(events(rs[before:], "certificate_activated", "k")),
+        lambda rs: (
+            bool(events(rs[before:], "certificate_activated", "api"))
+            and bool(events(rs[before:], "certificate_activated", "k"))
+        ),
         60,
         "api issued and k re-keyed",
         daemon,

@@ -114,10 +114,12 @@ def test_certificate_revoked_in_the_crl_is_replaced_within_one_interval(
         listed = time.monotonic()
         records = wait_for(
             audit,
-            lambda rs: bool(events(rs, "key_destroyed", "web"))
-            and any(
-                r.get("trigger") == "revoked" and r.get("outcome") == "rotated"
-                for r in events(rs, "rotation_finished", "web")
+            lambda rs: (
+                bool(events(rs, "key_destroyed", "web"))
+                and any(
+                    r.get("trigger") == "revoked" and r.get("outcome") == "rotated"
+                    for r in events(rs, "rotation_finished", "web")
+                )
             ),
             30,
             "the rotation after revocation and the old key destroyed",
