@@ -564,6 +564,11 @@ class PebbleServer(StartStop):
         """Pebble's current intermediate certificate (PEM), from ``/intermediates/0``."""
         return self._management_get("/intermediates/0")
 
+    def intermediate_key_pem(self) -> bytes:
+        """The intermediate's private key (PEM), from ``/intermediate-keys/0``: tests sign CRLs
+        with it, since Pebble 2.4 serves none."""
+        return self._management_get("/intermediate-keys/0")
+
     def cert_status(self, serial_hex: str | int) -> dict[str, Any]:
         """JSON status of an issued certificate from ``/cert-status-by-serial/<hex>``.
 

@@ -34,6 +34,7 @@ from rotatord.clock import SystemClock
 from rotatord.core.errors import ConfigError, RotatordError
 from rotatord.core.model import Config
 from rotatord.daemon import build_rotator
+from rotatord.daemon.changes import format_plan
 from rotatord.rotation import service_status
 
 if TYPE_CHECKING:
@@ -198,23 +199,33 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_reload(ctx: Context) -> int:
+    """``reload`` (apply) or ``plan`` (only say what applying a config would do)."""
+    plan = ctx.args.command == "plan"
+    name = "plan" if plan else "reload"
+    request: dict[str, Any] = {"verb": "plan" if plan else "reload-config"}
+    candidate = getattr(ctx.args, "candidate", None)
+    if candidate is not None:
+        request["config"] = str(candidate.absolute())
     socket, _ = ctx.socket()
-    reply = ctx.request(socket, {"verb": "reload-config"})
+    reply = ctx.request(socket, request)
     if reply is None:
-        print(f"reload: no daemon listening on {socket}", file=sys.stderr)
+        print(f"{name}: no daemon listening on {socket}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if reply.get("ok"):
-        print(
-            f"reloaded: added {reply.get('added')}, removed {reply.get('removed')}, "
-            f"changed {reply.get('changed')}"
-        )
+        if not plan:
+            print(
+                f"reloaded: added {reply.get('added')}, removed {reply.get('removed')}, "
+                f"changed {reply.get('changed')}"
+            )
+        print("\n".join(format_plan(reply)))
         return EXIT_OK
     if reply.get("problems"):
-        print("reload: the daemon rejected the new config and keeps the old one:", file=sys.stderr)
+        what = "would reject" if plan else "rejected"
+        print(f"{name}: the daemon {what} the new config and keeps the old one:", file=sys.stderr)
         for problem in reply["problems"]:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    return _daemon_error("reload", reply, socket)
+    return _daemon_error(name, reply, socket)
 
 
 def register(sub: SubParsers) -> None:
@@ -284,4 +295,28 @@ def register(sub: SubParsers) -> None:
             EXIT_REFUSED: "your uid is not in control_allowed_uids, or the socket is not yours",
         },
         handler=cmd_reload,
+    )
+    pl = add_command(
+        sub,
+        "plan",
+        summary="show what reloading a changed config would do; do nothing",
+        description="Ask the running daemon what applying NEW_CONFIG (default: the -c file as "
+        "it is now) would do: services to issue, re-key, re-deploy or stop managing, new "
+        "outputs, and settings that need a restart. Nothing is changed.",
+        exit_codes={
+            EXIT_OK: "the plan is printed",
+            EXIT_FAILED: "the daemon could not make the plan",
+            EXIT_USAGE: "the new config has problems (listed)",
+            EXIT_UNREACHABLE: "no daemon is listening",
+            EXIT_REFUSED: "your uid is not in control_allowed_uids, or the socket is not yours",
+        },
+        handler=cmd_reload,
+        examples=("rotatord plan /etc/rotatord/rotatord.toml.new",),
+    )
+    pl.add_argument(
+        "candidate",
+        nargs="?",
+        type=Path,
+        metavar="NEW_CONFIG",
+        help="the config to compare with the running one (default: the -c file as it is now)",
     )

@@ -108,7 +108,8 @@ _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_RE: Final = re.compile(r"[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,255}")
 
-_TOP_KEYS: Final = ("daemon", "acme", "reload_targets", "dns", "services")
+OBSERVE_KEYS: Final = ("metrics", "alerts", "heartbeat", "watch", "revocation")
+_TOP_KEYS: Final = ("daemon", "acme", "reload_targets", "dns", "services", *OBSERVE_KEYS)
 _DAEMON_KEYS: Final = (
     "state_dir",
     "audit_log",
@@ -266,6 +267,10 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         if service is not None:
             services[name] = service
 
+    # Imported here: config_observe reads this module's helpers.
+    from rotatord.config_observe import parse_observe
+
+    observe = parse_observe(ctx, root)
     if ctx.problems:
         raise ConfigError(ctx.problems)
     # Iterating the mapping gives the reload order: ascending (order, name).
@@ -276,6 +281,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         acme=MappingProxyType(acme),
         services=MappingProxyType(services),
         reload_targets=MappingProxyType({target.name: target for target in ordered}),
+        observe=observe,
     )
 
 

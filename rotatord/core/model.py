@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import assert_never
 
 from rotatord.core.dns01 import Dns01
+from rotatord.core.observing import ObserveSpec
 from rotatord.core.text import serial_text
 
 
@@ -37,6 +38,7 @@ class Trigger(enum.Enum):
     MANUAL = "manual"
     CONFIG_CHANGE = "config_change"
     ARI = "ari"
+    REVOKED = "revoked"  # the CA's CRL lists the current certificate
 
 
 # --------------------------------------------------------------------------- daemon and accounts
@@ -275,6 +277,7 @@ class Config:
     acme: Mapping[str, AcmeSpec]
     services: Mapping[str, ServiceSpec]
     reload_targets: Mapping[str, ReloadTarget] = field(default_factory=lambda: MappingProxyType({}))
+    observe: ObserveSpec = field(default_factory=ObserveSpec)  # [metrics] [alerts] [heartbeat]
 
 
 # --------------------------------------------------------------------------- certificates

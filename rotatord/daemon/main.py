@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,17 @@ from rotatord.clock import Clock, SystemClock
 from rotatord.config import load_config
 from rotatord.core.errors import AuditError, ConfigError, RotatordError
 from rotatord.core.model import Config, Trigger
+from rotatord.daemon.changes import format_plan, keep_fixed, plan_changes
 from rotatord.daemon.compose import IssuerCache, build_rotator
 from rotatord.daemon.lifecycle import DaemonLock, install_signals, restore_signals
 from rotatord.daemon.loop import ServiceLoop
+from rotatord.daemon.observing import Observing
 from rotatord.daemon.planner import Planner
 from rotatord.daemon.verbs import Verbs
 from rotatord.observe.audit import AuditLog, open_audit
 from rotatord.observe.journal import stderr_prefix
 from rotatord.observe.logging import configure_logging, get_logger
+from rotatord.observe.tap import TappedAudit
 from rotatord.rotation import Rotator, recover_service, recover_state
 from rotatord.runtime.confwatch import ConfigWatcher
 from rotatord.runtime.control import ControlServer
@@ -63,7 +65,7 @@ class Daemon:
         self.config: Config
         self.rotator: Rotator
         self.issuers: IssuerCache
-        self.audit: AuditLog
+        self.audit: AuditLog | TappedAudit
         self.scheduler: Scheduler
         self.planner: Planner
         self.loop: ServiceLoop
@@ -100,7 +102,8 @@ class Daemon:
 
     def _serve(self) -> int:
         cfg = self.config
-        self.audit = open_audit(cfg, self.clock)
+        self.observing = Observing(lambda: self.config, self.clock)
+        self.audit = self.observing.tap(open_audit(cfg, self.clock))
         self.issuers = IssuerCache(cfg, self.clock)
         self.rotator = build_rotator(cfg, self.clock, audit=self.audit, issuers=self.issuers)
         try:
@@ -127,7 +130,7 @@ class Daemon:
             self.scheduler.schedule,
             self.scheduler.submit,
         )
-        verbs = Verbs(lambda: self.config, self.loop, self.reload_config)
+        verbs = Verbs(lambda: self.config, self.loop, self.reload_config, plan=self.plan_config)
         control = ControlServer(
             cfg.daemon.control_socket,
             verbs.handle,
@@ -151,7 +154,9 @@ class Daemon:
             self.scheduler.start()
             try:
                 control.start()
+                self.observing.start(lambda: verbs.status(None), self.loop)
             except RotatordError as exc:
+                control.stop()
                 print(f"{stderr_prefix()}rotatord: {exc}", file=sys.stderr)
                 return 1
             self.loop.submit_batch(list(cfg.services), Trigger.STARTUP)
@@ -160,6 +165,7 @@ class Daemon:
             self._main_loop()
         finally:
             self.notifier.stopping()
+            self.observing.stop()
             self.loop.stop()
             self.rotator.begin_shutdown()
             watcher.stop()
@@ -219,6 +225,18 @@ class Daemon:
 
     # ------------------------------------------------------------------ configuration
 
+    def plan_config(self, candidate: Path | None = None) -> dict[str, Any]:
+        """What ``reload_config`` would do with ``candidate`` (default: the config file as it is
+        now) in place of the running config, without doing anything."""
+        try:
+            new = load_config(candidate or self.config_path)
+        except ConfigError as exc:
+            return {"ok": False, "problems": [str(p) for p in exc.problems]}
+        return {
+            "ok": True,
+            **plan_changes(self.config, new, self.rotator.installed, self.clock.now()),
+        }
+
     def reload_config(self, uid: int | None = None) -> dict[str, Any]:
         """Validate the file; on problems keep the old config; else reschedule what changed."""
         self.notifier.reloading()
@@ -236,15 +254,11 @@ class Daemon:
                 status = f"config rejected ({len(problems)} problems), previous config kept; "
                 return {"ok": False, "problems": problems}
             old = self.config
-            restart_needed = []
-            if new.daemon != old.daemon:
-                # State dir, socket, pool size and audit path are fixed for the process's life.
-                restart_needed = [
-                    f.name
-                    for f in fields(old.daemon)
-                    if getattr(old.daemon, f.name) != getattr(new.daemon, f.name)
-                ]
-                new = replace(new, daemon=old.daemon)
+            plan = plan_changes(old, new, self.rotator.installed, self.clock.now())
+            # State dir, socket, pool size, audit path, metrics listener: fixed for the
+            # process's life; the running values stay until a restart.
+            restart_needed = plan["restart_needed"]
+            new = keep_fixed(old, new)
             added = sorted(set(new.services) - set(old.services))
             removed = sorted(set(old.services) - set(new.services))
             changed = sorted(
@@ -271,8 +285,9 @@ class Daemon:
                 removed=removed,
                 changed=changed,
                 restart_needed=restart_needed,
+                plan=format_plan(plan),
                 uid=uid,
             )
-            return {"ok": True, "added": added, "removed": removed, "changed": changed}
+            return {"ok": True, "added": added, "removed": removed, "changed": changed, **plan}
         finally:
             self.notifier.ready(f"{status}{len(self.config.services)} services scheduled")

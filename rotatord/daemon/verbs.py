@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from rotatord.core.errors import RotatordError
@@ -31,10 +32,12 @@ class Verbs:
         config: Callable[[], Config],
         loop: ServiceLoop,
         reload_config: Callable[[int | None], dict[str, Any]],
+        plan: Callable[[Path | None], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
         self._loop = loop
         self._reload = reload_config
+        self._plan = plan
         # uid -> (monotonic time of its last audited refusal, refusals not audited since)
         self._refusals: dict[int, tuple[float, int]] = {}
 
@@ -92,6 +95,13 @@ class Verbs:
                 return {"ok": True, "services": self.status(req.get("services"))}
             if verb == "reload-config":
                 return self._reload(peer.uid)
+            if verb == "plan" and self._plan is not None:
+                candidate = req.get("config")
+                if candidate is not None and not (
+                    isinstance(candidate, str) and os.path.isabs(candidate)
+                ):
+                    return {"ok": False, "error": "plan: 'config' must be an absolute path"}
+                return self._plan(Path(candidate) if candidate else None)
             if verb == "rotate":
                 return self.rotate(req, peer)
             if verb == "revoke":

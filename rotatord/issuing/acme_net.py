@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -226,6 +226,11 @@ def exchange_deadline(ends: float, clock: Clock) -> Iterator[None]:
         _exchange.ends = _exchange.clock = None
 
 
+#: Called after every exchange with the CA as ``(method, url, status or None, seconds)`` (None:
+#: no response). The daemon adds its metrics here; an observer must be quick and never raise.
+EXCHANGE_OBSERVERS: list[Callable[[str, str, int | None, float], None]] = []
+
+
 class _Network(ClientNetwork):
     """ClientNetwork that keeps what acme 5.9 throws away on errors, and retries badNonce."""
 
@@ -240,6 +245,16 @@ class _Network(ClientNetwork):
         watch(self.session)
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        start, status = self.clock.monotonic(), None
+        try:
+            response = self._send_bounded(method, url, *args, **kwargs)
+            status = response.status_code
+            return response
+        finally:
+            for observe in EXCHANGE_OBSERVERS:
+                observe(method, url, status, self.clock.monotonic() - start)
+
+    def _send_bounded(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         """One bounded exchange (see the module docstring); the body is read before returning."""
         self.url_policy.check(url)
         start = self.clock.monotonic()

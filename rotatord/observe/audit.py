@@ -109,6 +109,7 @@ EVENTS = frozenset(
         "account_key_rolled",
         "account_key_rollover_failed",
         "account_deactivated",
+        "revocation_detected",
         START_EVENT,
         SEAL_EVENT,
     }
