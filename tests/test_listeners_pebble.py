@@ -77,7 +77,10 @@ def test_order_validates_while_the_http01_port_holds_1000_idle_connections(
             f"\n[measured] order under {IDLE} idle: {took:.3f}s, extra threads={held_threads}, "
             f"extra fds={held_fds}, evicted={listener.evicted}"
         )
-        assert held_threads <= 1
+        # One listener thread; a thread per connection would be 1,000. The margin of two is
+        # for OS-level threads outside rotatord that come and go under load (seen 1 in 3 runs
+        # on a busy machine, also before the listener changed): not a per-connection cost.
+        assert held_threads <= 3
         # The cap, the listener's own 4, the flood's 2 pipes, a few for the ACME session.
         assert held_fds <= HTTP01_LIMITS.max_connections + 4 + 2 + 4
     finally:
