@@ -463,7 +463,9 @@ def test_listener_close_releases_threads_and_descriptors() -> None:
         c.sendall(b"hi\n")
         assert c.recv(100) == b"hi\n"
     listener.close()
-    poll(lambda: threads() == base_threads and fds() == base_fds, 10, "released")
+    # At most the counts from before: a thread an earlier test left may end meanwhile (then
+    # equality would never come back), but anything this listener leaked stays above them.
+    poll(lambda: threads() <= base_threads and fds() <= base_fds, 10, "released")
 
 
 class _Echo:
