@@ -603,23 +603,31 @@ def sabotaged(name: str | None) -> Iterator[None]:
 # ---------------------------------------------------------------------------- entry
 
 
-def quiet() -> None:
-    """The daemon's info/warning lines would drown the figures: keep errors only."""
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The daemon's info/warning lines would drown the figures: keep errors only, and put the
+    logging configuration back afterwards (a test that runs a world in-process must not leave
+    every later test's warnings filtered out)."""
+    saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 def _world(job: tuple[float, int, str, int, str | None, int | None, str]) -> Stats:
     """One world: its own disk, CA and clock; seeded from (seed, index) so it reproduces."""
     years, seed, tag, services, sabotage, stop_after, scenario = job
-    quiet()
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-    root = Path(tempfile.mkdtemp(prefix="rt-sim-", dir=base))
-    try:
-        with sabotaged(sabotage):
-            sim = Simulation(seed, services, root / "state", sabotage, SCENARIOS[scenario])
-            stats = sim.run(years, stop_after)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with quiet():
+        base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+        root = Path(tempfile.mkdtemp(prefix="rt-sim-", dir=base))
+        try:
+            with sabotaged(sabotage):
+                sim = Simulation(seed, services, root / "state", sabotage, SCENARIOS[scenario])
+                stats = sim.run(years, stop_after)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     stats.examples = {k: f"[{tag}] {v}" for k, v in stats.examples.items()}
     return stats
 

@@ -335,6 +335,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(config_path: Path, args: argparse.Namespace) -> int:
     from rotatord.config import load_config
 
+    if os.geteuid() != 0:
+        print(
+            "setup-systemd: must run as root (it creates a user, directories under /var and "
+            "/etc, and the unit)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         real_config = args.root / config_path.absolute().relative_to("/")
         config = load_config(real_config)

@@ -229,7 +229,7 @@ def test_starts_ready_and_renews_on_schedule_with_an_nginx_reload(box: Box) -> N
     _setup_and_start(box)
     state = box.show("ActiveState", "SubState", "StatusText", "User")
     assert state["ActiveState"] == "active" and state["SubState"] == "running", state
-    assert "services scheduled" in state["StatusText"] and state["User"] == "rotatord"
+    assert "services planned" in state["StatusText"] and state["User"] == "rotatord"
     # The running unit's exposure, as PID 1 sees it (drop-in included), stays <= 2.0.
     security = box.c.sh("systemd-analyze security --no-pager rotatord").stdout
     match = re.search(r"Overall exposure level for rotatord.service: (\d+\.\d+)", security)

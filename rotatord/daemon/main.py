@@ -290,4 +290,4 @@ class Daemon:
             )
             return {"ok": True, "added": added, "removed": removed, "changed": changed, **plan}
         finally:
-            self.notifier.ready(f"{status}{len(self.config.services)} services scheduled")
+            self.notifier.ready(f"{status}{len(self.config.services)} services planned")
